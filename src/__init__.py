@@ -1,0 +1,1 @@
+"""Fine-tune BERT-family sequence classifiers on review-rating data with PyTorch Lightning."""

@@ -1,0 +1,91 @@
+"""Command line: `python -m src.cli {fit,validate,test,predict} --config configs/X.yaml [--section.key value]`.
+
+Defaults added here: TensorBoard logging under `logs/<experiment>/version_N/` (with the run's config.yaml and
+checkpoints/), best-by-`val/acc` and last checkpoints, a learning-rate monitor, and `seed_everything: 42`.
+"""
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from src.data import YelpReviewDataModule
+from src.errors import UserInputError
+from src.model import NonFiniteLossError, SequenceClassifier
+from src.runs import newest_run_checkpoint, run_dir_of
+
+TENSORBOARD = "lightning.pytorch.loggers.TensorBoardLogger"
+
+
+class ReviewClassifierCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.link_arguments("model.model_name_or_path", "data.tokenizer_name_or_path")
+        parser.link_arguments("data.num_labels", "model.num_labels")
+        parser.link_arguments("seed_everything", "data.seed")
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({
+            "checkpoint.monitor": "val/acc",
+            "checkpoint.mode": "max",
+            "checkpoint.filename": "epoch{epoch}-step{step}-val_acc{val/acc:.4f}",
+            "checkpoint.auto_insert_metric_name": False,
+        })
+        # last.ckpt, for resuming: refreshed every N optimizer steps and at every epoch end
+        parser.add_lightning_class_args(ModelCheckpoint, "last_checkpoint")
+        parser.set_defaults({
+            "last_checkpoint.every_n_train_steps": 500,
+            "last_checkpoint.every_n_epochs": 1,
+            "last_checkpoint.save_top_k": 0,
+            "last_checkpoint.save_last": True,
+        })
+        parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
+        parser.set_defaults({"lr_monitor.logging_interval": "step"})
+        parser.add_argument("--test_after_fit", type=bool, default=False,
+                            help="fit: afterwards, test the best checkpoint on the test split")
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand]
+        ckpt_path = config.get("ckpt_path")
+        logger = config.trainer.get("logger")
+        tensorboard = logger is not None and not isinstance(logger, bool) and logger.class_path == TENSORBOARD
+        if ckpt_path in ("last", "best") and tensorboard:
+            experiment = logger.init_args.name
+            config.ckpt_path = str(newest_run_checkpoint(Path(logger.init_args.save_dir), experiment, ckpt_path))
+        elif ckpt_path and not Path(ckpt_path).is_file() and ckpt_path not in ("last", "best", "hpc", "registry"):
+            raise UserInputError(f"checkpoint '{ckpt_path}' does not exist: pass a .ckpt file, 'last' or 'best'")
+        run_dir = run_dir_of(Path(config.ckpt_path)) if config.get("ckpt_path") else None
+        if run_dir is not None and tensorboard:  # keep writing into the checkpoint's run directory
+            logger.init_args.save_dir = str(run_dir.parent.parent)
+            logger.init_args.name = run_dir.parent.name
+            logger.init_args.version = run_dir.name
+
+    def after_fit(self) -> None:
+        if self.config.fit.test_after_fit:
+            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path="best")
+        if self.trainer.is_global_zero and self.trainer.log_dir:
+            print(f"\nRun directory: {self.trainer.log_dir}\nView it: tensorboard --logdir {Path(self.trainer.log_dir).parent.parent}")
+
+
+def main(args: list[str] | None = None) -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the data module parallelises tokenization itself
+    logging.getLogger("transformers").setLevel(logging.ERROR)  # load reports a user cannot act on
+    try:
+        ReviewClassifierCLI(
+            SequenceClassifier,
+            YelpReviewDataModule,
+            seed_everything_default=42,
+            save_config_kwargs={"overwrite": True},
+            trainer_defaults={
+                "logger": {"class_path": TENSORBOARD, "init_args": {"save_dir": "logs", "name": "default"}},
+                "use_distributed_sampler": False,
+            },
+            args=args,
+        )
+    except (UserInputError, NonFiniteLossError) as err:
+        sys.exit(f"error: {err}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,162 @@
+"""`SequenceClassifier`: a Hugging Face sequence classifier trained with AdamW and a linear warmup schedule."""
+
+import math
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torchmetrics import MeanMetric, MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
+from transformers import AutoModelForSequenceClassification, get_linear_schedule_with_warmup
+
+from src.errors import UserInputError
+from src.pretrained import load_pretrained
+
+LABEL_KEYS = ("labels", "idx", "length")
+
+
+def star_label_names(num_labels: int) -> list[str]:
+    """'1 star', '2 stars', ... — the meaning of yelp_review_full's labels 0..4."""
+    return [f"{i} star" if i == 1 else f"{i} stars" for i in range(1, num_labels + 1)]
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN/inf; raised before the bad step is applied, so checkpoints stay good."""
+
+
+class SequenceClassifier(pl.LightningModule):
+    """Fine-tunes `AutoModelForSequenceClassification` on `num_labels` classes.
+
+    Args:
+        model_name_or_path: hub id, local dir, or `package:MODULE` (see `src.pretrained`).
+        num_labels: set from `data.num_labels` by the CLI.
+        label_names: class names stored in the HF config (`id2label`); default "1 star".."N stars".
+        lr, weight_decay: AdamW; weight decay skips biases and LayerNorm weights (all 1-D parameters).
+        warmup_steps / warmup_ratio: linear warmup length (give one), then linear decay to 0 at the last step.
+        attn_implementation: "sdpa" (fused attention kernels) or "eager"; passed to `from_pretrained`.
+        compile: wrap the HF model in `torch.compile`.
+    """
+
+    def __init__(
+        self,
+        model_name_or_path: str = "google-bert/bert-base-cased",
+        num_labels: int = 5,
+        label_names: list[str] | None = None,
+        lr: float = 5e-5,
+        weight_decay: float = 0.0,
+        warmup_steps: int = 0,
+        warmup_ratio: float = 0.0,
+        attn_implementation: str = "sdpa",
+        compile: bool = False,
+    ) -> None:
+        super().__init__()
+        label_names = label_names or star_label_names(num_labels)
+        if len(label_names) != num_labels:
+            raise UserInputError(f"model.label_names has {len(label_names)} names but num_labels={num_labels}")
+        if warmup_steps and warmup_ratio:
+            raise UserInputError("set model.warmup_steps or model.warmup_ratio, not both")
+        if not 0 <= warmup_ratio < 1:
+            raise UserInputError(f"model.warmup_ratio={warmup_ratio} must be in [0, 1)")
+        self.save_hyperparameters()
+        self.model = load_pretrained(
+            AutoModelForSequenceClassification.from_pretrained,
+            model_name_or_path,
+            num_labels=num_labels,
+            id2label=dict(enumerate(label_names)),
+            label2id={name: i for i, name in enumerate(label_names)},
+            attn_implementation=attn_implementation,
+            ignore_mismatched_sizes=True,  # a head trained for other labels is re-initialized for these
+        )
+        self.model.train()  # from_pretrained returns eval mode (dropout off); Lightning keeps a module's mode
+        self.train_metrics = self._metrics("train/")
+        self.val_metrics = self._metrics("val/")
+        self.test_metrics = self._metrics("test/")
+        self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
+        self.val_confusion = MulticlassConfusionMatrix(num_labels)
+        self.test_confusion = MulticlassConfusionMatrix(num_labels)
+
+    def _metrics(self, prefix: str) -> MetricCollection:
+        n = self.hparams.num_labels
+        return MetricCollection(
+            {"acc": MulticlassAccuracy(n, average="micro"), "f1_macro": MulticlassF1Score(n, average="macro")},
+            prefix=prefix,
+        )
+
+    def configure_model(self) -> None:
+        if self.hparams.compile and getattr(self.model, "_compiled_call_impl", None) is None:
+            self.model.compile()  # in place, so checkpoints keep the plain parameter names
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Class logits for a tokenized batch (extra keys such as labels are ignored)."""
+        inputs = {key: value for key, value in batch.items() if key not in LABEL_KEYS}
+        return self.model(**inputs).logits
+
+    def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.cross_entropy(logits.float(), labels)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        logits = self(batch)
+        loss = self._loss(logits, batch["labels"])
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"training loss became {loss.item()} at global step {self.global_step} (batch {batch_idx}): "
+                "the run stopped before applying it; the checkpoints on disk are from before. "
+                "Lower model.lr, add warmup, or use bf16-mixed instead of 16-mixed"
+            )
+        self.train_metrics.update(logits, batch["labels"])
+        batch_size = len(batch["labels"])
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
+        return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # log accuracy every `log_every_n_steps` only: computing it forces a device sync
+        if (self.global_step % self.trainer.log_every_n_steps) == 0:
+            metrics = self.train_metrics.compute()
+            self.log("train/acc", metrics.pop("train/acc"), prog_bar=True)
+            self.log_dict(metrics)
+            self.train_metrics.reset()
+
+    def _eval_step(self, batch: dict[str, torch.Tensor], stage: str) -> None:
+        logits = self(batch)
+        labels = batch["labels"]
+        getattr(self, f"{stage}_loss").update(self._loss(logits, labels), weight=len(labels))
+        getattr(self, f"{stage}_metrics").update(logits, labels)
+        getattr(self, f"{stage}_confusion").update(logits, labels)
+
+    def _log_eval_epoch(self, stage: str) -> None:
+        """Log exact epoch metrics: torchmetrics syncs the states across ranks, each example counted once."""
+        self.log(f"{stage}/loss", getattr(self, f"{stage}_loss").compute(), prog_bar=stage == "val")
+        metrics = getattr(self, f"{stage}_metrics").compute()
+        self.log(f"{stage}/acc", metrics.pop(f"{stage}/acc"), prog_bar=True)
+        self.log_dict(metrics)
+        for metric in ("loss", "metrics", "confusion"):  # callbacks have read the confusion matrix by now
+            getattr(self, f"{stage}_{metric}").reset()
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_eval_epoch("val")
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_eval_epoch("test")
+
+    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
+        probs = self(batch).float().softmax(dim=-1)
+        return {"idx": batch["idx"], "label": probs.argmax(dim=-1), "probs": probs}
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        params = [p for p in self.parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for p in params if p.ndim >= 2], "weight_decay": hp.weight_decay},
+            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},  # biases, LayerNorm weights
+        ]
+        optimizer = torch.optim.AdamW(groups, lr=hp.lr, fused=self.device.type == "cuda")
+        total_steps = int(self.trainer.estimated_stepping_batches)
+        warmup = hp.warmup_steps or math.ceil(hp.warmup_ratio * total_steps)
+        scheduler = get_linear_schedule_with_warmup(optimizer, warmup, total_steps)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,55 @@
+"""Tiny offline stand-ins for the hub: a small random BERT with its tokenizer, and a Yelp-schema dataset.
+
+They are written with `save_pretrained` / as `data/{train,test}-*.parquet`, so the code under test goes
+through the real `from_pretrained` and `load_dataset` paths.
+"""
+
+import random
+from pathlib import Path
+
+import datasets
+from transformers import BertConfig, BertModel, BertTokenizerFast
+
+STAR_WORDS = ["awful", "poor", "okay", "good", "superb"]
+FILLER = "the food service staff place was and we it our table time order visit price menu room".split()
+LABEL_NAMES = ["1 star", "2 star", "3 stars", "4 stars", "5 stars"]  # as yelp_review_full spells them
+
+
+def write_tiny_bert(directory: Path, max_position_embeddings: int = 128) -> Path:
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *STAR_WORDS, *FILLER, "very", "not", "\\", "n"]
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tokenizer = BertTokenizerFast(vocab_file=str(directory / "vocab.txt"), do_lower_case=True,
+                                  model_max_length=max_position_embeddings)
+    tokenizer.save_pretrained(directory)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=max_position_embeddings)
+    BertModel(config).save_pretrained(directory)  # a base model without a head, like the MiniLM package
+    return directory
+
+
+def review(label: int, rng: random.Random, max_words: int = 60) -> str:
+    """A synthetic review whose star word (repeated) reveals its label among random filler."""
+    words = [rng.choice(FILLER) for _ in range(rng.randint(3, max_words))]
+    for _ in range(rng.randint(1, 3)):
+        words.insert(rng.randrange(len(words) + 1), STAR_WORDS[label])
+    return " ".join(words)
+
+
+def yelp_like_split(n: int, seed: int) -> datasets.Dataset:
+    rng = random.Random(seed)
+    labels = [i % 5 for i in range(n)]
+    rng.shuffle(labels)
+    features = datasets.Features({"label": datasets.ClassLabel(names=LABEL_NAMES), "text": datasets.Value("string")})
+    return datasets.Dataset.from_dict({"label": labels, "text": [review(y, rng) for y in labels]}, features=features)
+
+
+def write_dataset(directory: Path, splits: dict[str, datasets.Dataset]) -> Path:
+    (directory / "data").mkdir(parents=True, exist_ok=True)
+    for name, split in splits.items():
+        split.to_parquet(str(directory / "data" / f"{name}-00000-of-00001.parquet"))
+    return directory
+
+
+def write_tiny_yelp(directory: Path, n_train: int = 200, n_test: int = 60) -> Path:
+    return write_dataset(directory, {"train": yelp_like_split(n_train, 0), "test": yelp_like_split(n_test, 1)})
