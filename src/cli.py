@@ -31,14 +31,17 @@ class ReviewClassifierCLI(LightningCLI):
             "checkpoint.mode": "max",
             "checkpoint.filename": "epoch{epoch}-step{step}-val_acc{val/acc:.4f}",
             "checkpoint.auto_insert_metric_name": False,
+            "checkpoint.save_last": True,
+            "checkpoint.enable_version_counter": False,
         })
-        # last.ckpt, for resuming: refreshed every N optimizer steps and at every epoch end
-        parser.add_lightning_class_args(ModelCheckpoint, "last_checkpoint")
+        # last.ckpt, for resuming, is also refreshed every N optimizer steps (0 = only after validation);
+        # both callbacks write the same last.ckpt, so it is always the newest state
+        parser.add_lightning_class_args(ModelCheckpoint, "periodic_checkpoint")
         parser.set_defaults({
-            "last_checkpoint.every_n_train_steps": 500,
-            "last_checkpoint.every_n_epochs": 1,
-            "last_checkpoint.save_top_k": 0,
-            "last_checkpoint.save_last": True,
+            "periodic_checkpoint.every_n_train_steps": 500,
+            "periodic_checkpoint.save_top_k": 0,
+            "periodic_checkpoint.save_last": True,
+            "periodic_checkpoint.enable_version_counter": False,
         })
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         parser.set_defaults({"lr_monitor.logging_interval": "step"})

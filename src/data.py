@@ -306,7 +306,7 @@ class YelpReviewDataModule(pl.LightningDataModule):
         split = self._split("train")
         rank, world = self._rank_and_world()
         sampler = TrainBatchSampler(
-            split["length"], self.hparams.batch_size, max_tokens=self.hparams.max_tokens,
+            _lengths(split), self.hparams.batch_size, max_tokens=self.hparams.max_tokens,
             group_by_length=self.hparams.batching == "length_grouped", seed=self.hparams.seed,
             num_replicas=world, rank=rank,
         )
@@ -316,7 +316,7 @@ class YelpReviewDataModule(pl.LightningDataModule):
         split = self._split(name)
         rank, world = self._rank_and_world()
         batch_size = self.hparams.eval_batch_size or self.hparams.batch_size
-        return self._loader(split, EvalBatchSampler(split["length"], batch_size, num_replicas=world, rank=rank))
+        return self._loader(split, EvalBatchSampler(_lengths(split), batch_size, num_replicas=world, rank=rank))
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader("validation")
@@ -330,4 +330,9 @@ class YelpReviewDataModule(pl.LightningDataModule):
     def predict_texts(self) -> list[str]:
         """The texts of the predict split, in input order (for prediction files)."""
         source = self._sources()["predict" if self.hparams.predict_file else "test"]
-        return source[self.hparams.text_column]
+        return list(source[self.hparams.text_column])
+
+
+def _lengths(split: datasets.Dataset) -> list[int]:
+    """Token counts per row, read in one go (a plain `split["length"]` is a lazy Column in datasets >= 4)."""
+    return split.data.column("length").to_pylist()

@@ -1,0 +1,214 @@
+"""Export a `SequenceClassifier` checkpoint as a standard Hugging Face model directory.
+
+`python -m src.export CKPT OUT_DIR [--onnx]` writes the weights (model.safetensors), the config with the label
+names, the tokenizer and a README.md model card, so `transformers.pipeline("text-classification", model=OUT_DIR)`
+serves the model without this project's code. `--onnx` adds OUT_DIR/model.onnx, checked against PyTorch with
+onnxruntime. The export is written beside OUT_DIR and renamed into place: a failure never leaves half of one.
+"""
+
+import argparse
+import errno
+import inspect
+import logging
+import os
+import pickle
+import shutil
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from src.errors import UserInputError
+from src.model import SequenceClassifier
+from src.pretrained import load_pretrained
+
+ONNX_OPSET = 17
+ONNX_TOLERANCE = 1e-4  # max abs logit difference accepted between onnxruntime and PyTorch
+# a batch of unequal lengths, so the check exercises padding and both dynamic axes
+ONNX_CHECK_TEXTS = (
+    "The food was superb and the staff were very friendly.",
+    "Awful.",
+    "Okay place, poor service, but the price was good and we would visit again for the menu.",
+)
+
+
+class OnnxMismatchError(RuntimeError):
+    """The ONNX model's logits differ from PyTorch's: the export is discarded rather than shipped wrong."""
+
+
+def _load_checkpoint(ckpt_path: Path) -> dict[str, Any]:
+    if not ckpt_path.is_file():
+        raise UserInputError(f"checkpoint '{ckpt_path}' does not exist: pass the path of a .ckpt file")
+    try:
+        # weights_only: a checkpoint is plain tensors and containers, so nothing in it gets to run code
+        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as err:  # what torch raises for a non-checkpoint file
+        raise UserInputError(f"could not read checkpoint '{ckpt_path}': {type(err).__name__}: {err}") from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "hyper_parameters" not in checkpoint:
+        raise UserInputError(f"'{ckpt_path}' is not a Lightning checkpoint of SequenceClassifier "
+                             "(no state_dict / hyper_parameters)")
+    return checkpoint
+
+
+def _restore_module(checkpoint: dict[str, Any]) -> SequenceClassifier:
+    """Rebuild the LightningModule from the checkpoint's hparams, uncompiled and in eval mode."""
+    init_args = inspect.signature(SequenceClassifier.__init__).parameters
+    # LightningCLI adds `_instantiator`/`_class_path`; only constructor arguments are passed on
+    kwargs = {k: v for k, v in checkpoint["hyper_parameters"].items() if k in init_args}
+    module = SequenceClassifier(**{**kwargs, "compile": False})  # tracing and saving want the plain model
+    module.load_state_dict(checkpoint["state_dict"])
+    return module.eval()
+
+
+def _default_permissions(directory: Path) -> None:
+    """Give the export the modes a plain `mkdir`/`open` would: mkdtemp makes 0700, safetensors writes 0600."""
+    umask = os.umask(0)
+    os.umask(umask)
+    directory.chmod(0o777 & ~umask)
+    for path in directory.rglob("*"):
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
+
+
+def _is_hub_id(name: str) -> bool:
+    return name.count("/") <= 1 and not name.startswith((".", "/", "~", "package:")) and not Path(name).exists()
+
+
+def _model_card(model: PreTrainedModel, checkpoint: dict[str, Any], ckpt_path: Path, title: str, onnx: bool) -> str:
+    """A short README.md so the directory says what it holds and where it came from."""
+    base = checkpoint["hyper_parameters"]["model_name_or_path"]
+    labels = model.config.id2label
+    front_matter = ["library_name: transformers", "pipeline_tag: text-classification"]
+    if _is_hub_id(base):  # the hub's base_model field only accepts hub ids
+        front_matter.append(f"base_model: {base}")
+    data = checkpoint.get("datamodule_hyper_parameters", {})
+    lines = [
+        "---", *front_matter, "---", "",
+        f"# {title}", "",
+        f"A sequence classifier with {len(labels)} labels, fine-tuned from `{base}`.", "",
+        "| id | label |", "| --- | --- |", *(f"| {i} | {labels[i]} |" for i in sorted(labels)), "",
+        "## Source", "",
+        f"- checkpoint: `{ckpt_path.resolve()}`",
+        f"- global step {checkpoint.get('global_step', '?')}",
+    ]
+    if data.get("dataset"):
+        lines.append(f"- dataset: `{data['dataset']}`, max_length {data.get('max_length', '?')} tokens")
+    lines += [
+        "", "## Usage", "", "```python", "from transformers import pipeline", "",
+        'classifier = pipeline("text-classification", model="PATH/TO/THIS/DIR")',
+        'classifier(["The food was great!"], truncation=True)  # truncation: reviews longer than the model accepts',
+        "```", "",
+    ]
+    if onnx:
+        onnx_note = (f"`model.onnx` (opset {ONNX_OPSET}) takes the tokenizer's outputs as int64 arrays with dynamic "
+                     "batch and sequence axes, and returns `logits`.")
+        lines += [onnx_note, ""]
+    return "\n".join(lines)
+
+
+class _LogitsOnly(torch.nn.Module):
+    """Positional inputs in the tokenizer's order, logits out: the signature the ONNX graph gets."""
+
+    def __init__(self, model: PreTrainedModel, input_names: list[str]) -> None:
+        super().__init__()
+        self.model, self.input_names = model, input_names
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return self.model(**dict(zip(self.input_names, inputs, strict=True))).logits
+
+
+def _require_onnx() -> None:
+    """Fail before any work when the ONNX packages are missing."""
+    try:
+        import onnx  # noqa: F401  (torch.onnx.export writes through it)
+        import onnxruntime  # noqa: F401
+    except ImportError as err:
+        raise UserInputError(f"--onnx needs the '{err.name}' package: run `pip install onnx onnxruntime`") from None
+
+
+def export_onnx(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path: Path) -> float:
+    """Write `model` to `path` as ONNX, then check onnxruntime's logits against PyTorch's; returns the max diff."""
+    import numpy as np
+    import onnxruntime
+
+    model.eval()
+    example = tokenizer(["an example review", "a second, longer example review"], padding=True, return_tensors="pt")
+    names = list(example.keys())
+    wrapper = _LogitsOnly(model, names).eval()  # exporting a module in train mode would flip the model back to it
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape asserts it bakes in; the check below rules
+        warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter: no onnxscript dependency
+        warnings.filterwarnings("ignore", "Exporting aten::index operator")  # its indices are aranges, never < 0
+        torch.onnx.export(
+            wrapper, tuple(example[name] for name in names), str(path), input_names=names, output_names=["logits"],
+            dynamic_axes={**{name: {0: "batch", 1: "sequence"} for name in names}, "logits": {0: "batch"}},
+            opset_version=ONNX_OPSET, dynamo=False,
+        )
+    check = tokenizer(list(ONNX_CHECK_TEXTS), padding=True, return_tensors="pt")
+    with torch.no_grad():
+        expected = model(**check).logits.float().numpy()
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (actual,) = session.run(["logits"], {name: check[name].numpy().astype(np.int64) for name in names})
+    diff = float(np.abs(actual - expected).max())
+    if not diff < ONNX_TOLERANCE:  # also catches NaN
+        raise OnnxMismatchError(f"ONNX logits differ from PyTorch by {diff:.2e} (limit {ONNX_TOLERANCE:g}); "
+                                "nothing was written")
+    return diff
+
+
+def export_checkpoint(ckpt_path: str | os.PathLike, out_dir: str | os.PathLike, onnx: bool = False) -> Path:
+    """Write the checkpoint's model, config, tokenizer and model card (and model.onnx) to a new `out_dir`."""
+    ckpt_path, out = Path(ckpt_path), Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserInputError(f"export directory '{out}' already exists and is not empty: "
+                             "pass a new OUT_DIR or remove the old export first")
+    if onnx:
+        _require_onnx()
+    checkpoint = _load_checkpoint(ckpt_path)
+    module = _restore_module(checkpoint)
+    model = module.model
+    tokenizer = load_pretrained(AutoTokenizer.from_pretrained, module.hparams.model_name_or_path)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))  # same filesystem: rename is atomic
+    try:
+        model.save_pretrained(staging)  # safetensors: transformers 5 writes nothing else
+        tokenizer.save_pretrained(staging)
+        if onnx:
+            export_onnx(model, tokenizer, staging / "model.onnx")
+        (staging / "README.md").write_text(_model_card(model, checkpoint, ckpt_path, out.name, onnx))
+        _default_permissions(staging)
+        try:
+            staging.rename(out)  # atomic; replaces `out` only if it is an empty directory
+        except OSError as err:
+            if err.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR):
+                raise
+            raise UserInputError(f"export directory '{out}' was filled while exporting: "
+                                 "pass a new OUT_DIR or remove it first") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out
+
+
+def main(args: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m src.export", description=__doc__.splitlines()[0])
+    parser.add_argument("ckpt", help="Lightning checkpoint (.ckpt) of a SequenceClassifier")
+    parser.add_argument("out_dir", help="new (or empty) directory for the Hugging Face model")
+    parser.add_argument("--onnx", action="store_true", help="also write model.onnx, checked with onnxruntime")
+    parsed = parser.parse_args(args)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    logging.getLogger("transformers").setLevel(logging.ERROR)  # the base model's load report is about its old head
+    transformers.utils.logging.disable_progress_bar()  # loading/saving bars for a few seconds' work
+    try:
+        out = export_checkpoint(parsed.ckpt, parsed.out_dir, onnx=parsed.onnx)
+    except (UserInputError, OnnxMismatchError) as err:
+        sys.exit(f"error: {err}")
+    print(out)
+
+
+if __name__ == "__main__":
+    main()
