@@ -56,6 +56,7 @@ class ReviewClassifierCLI(LightningCLI):
         if ckpt_path in ("last", "best") and tensorboard:
             experiment = logger.init_args.name
             config.ckpt_path = str(newest_run_checkpoint(Path(logger.init_args.save_dir), experiment, ckpt_path))
+            print(f"--ckpt_path {ckpt_path}: {config.ckpt_path}")
         elif ckpt_path and not Path(ckpt_path).is_file() and ckpt_path not in ("last", "best", "hpc", "registry"):
             raise UserInputError(f"checkpoint '{ckpt_path}' does not exist: pass a .ckpt file, 'last' or 'best'")
         run_dir = run_dir_of(Path(config.ckpt_path)) if config.get("ckpt_path") else None
@@ -67,8 +68,9 @@ class ReviewClassifierCLI(LightningCLI):
     def after_fit(self) -> None:
         if self.config.fit.test_after_fit:
             self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path="best")
-        if self.trainer.is_global_zero and self.trainer.log_dir:
-            print(f"\nRun directory: {self.trainer.log_dir}\nView it: tensorboard --logdir {Path(self.trainer.log_dir).parent.parent}")
+        log_dir = self.trainer.log_dir  # a collective under DDP: every rank must ask
+        if self.trainer.is_global_zero and log_dir:
+            print(f"\nRun directory: {log_dir}\nView it: tensorboard --logdir {Path(log_dir).parent.parent}")
 
 
 def main(args: list[str] | None = None) -> None:

@@ -9,6 +9,7 @@ loads that result. Padding happens per batch in the collator, so one cache serve
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -81,9 +82,10 @@ class YelpReviewDataModule(pl.LightningDataModule):
         tokenize_num_proc: int | None = None,
     ) -> None:
         super().__init__()
-        for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size or 1),
-                            ("max_length", max_length), ("num_labels", num_labels)):
-            if value <= 0:
+        for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size),
+                            ("max_length", max_length), ("num_labels", num_labels), ("train_size", train_size),
+                            ("eval_size", eval_size), ("val_size", val_size)):
+            if value is not None and value <= 0:
                 raise UserInputError(f"data.{name}={value} must be a positive integer")
         if max_tokens is not None and max_tokens < max_length:
             raise UserInputError(f"data.max_tokens={max_tokens} must be >= data.max_length={max_length} "
@@ -123,6 +125,12 @@ class YelpReviewDataModule(pl.LightningDataModule):
             ) from None
         except FileNotFoundError as err:
             raise UserInputError(f"could not load dataset '{source}': {err}") from None
+        except ValueError as err:  # datasets: 'Instruction "test" corresponds to no data!' for an empty split file
+            empty = re.search(r'Instruction "(\w+)" corresponds to no data', str(err))
+            if empty is None:
+                raise UserInputError(f"could not load dataset '{source}': {err}") from None
+            raise UserInputError(f"split '{empty.group(1)}' of dataset '{source}' is empty: check its data files") \
+                from None
         if "train" not in raw:
             raise UserInputError(f"dataset '{source}' has no 'train' split (found: {sorted(raw)})")
         return raw
@@ -169,13 +177,15 @@ class YelpReviewDataModule(pl.LightningDataModule):
     def _draw_splits(self, raw: datasets.DatasetDict) -> datasets.DatasetDict:
         """Train/validation/test as the experiment uses them (subsets and the validation carve are seeded)."""
         hp = self.hparams
-        for name, split in raw.items():
-            self._check_split(split, name)
+        for name in ("train", "validation", "test"):  # other splits (e.g. IMDB's unlabeled one) are not used
+            if name in raw:
+                self._check_split(raw[name], name)
         train = raw["train"].shuffle(seed=hp.seed)
         if "validation" in raw:
             validation = raw["validation"]
         else:
-            n_val = hp.val_size or hp.eval_size or max(1, round(hp.val_fraction * len(train)))
+            n_val = next((n for n in (hp.val_size, hp.eval_size) if n is not None),
+                         max(1, round(hp.val_fraction * len(train))))
             if n_val >= len(train):
                 raise UserInputError(f"validation size {n_val} leaves no training rows (train has {len(train)})")
             # the tail of the shuffled train split, so `train_size` draws the same rows as the tutorial
@@ -209,7 +219,8 @@ class YelpReviewDataModule(pl.LightningDataModule):
         """Cache dir keyed on the data, the tokenizer, max_length, columns and the split draw."""
         tokenizer_state = self.tokenizer.backend_tokenizer.to_str() if self.tokenizer.is_fast else self.tokenizer
         if isinstance(tokenizer_state, str):  # truncation/padding state changes once the tokenizer is used
-            tokenizer_state = {k: v for k, v in json.loads(tokenizer_state).items() if k not in ("truncation", "padding")}
+            tokenizer_state = {k: v for k, v in json.loads(tokenizer_state).items()
+                               if k not in ("truncation", "padding")}
         hp = self.hparams
         key = Hasher.hash({
             "data": {name: split._fingerprint for name, split in sources.items()},
@@ -315,7 +326,8 @@ class YelpReviewDataModule(pl.LightningDataModule):
     def _eval_loader(self, name: str) -> DataLoader:
         split = self._split(name)
         rank, world = self._rank_and_world()
-        batch_size = self.hparams.eval_batch_size or self.hparams.batch_size
+        batch_size = self.hparams.eval_batch_size if self.hparams.eval_batch_size is not None \
+            else self.hparams.batch_size
         return self._loader(split, EvalBatchSampler(_lengths(split), batch_size, num_replicas=world, rank=rank))
 
     def val_dataloader(self) -> DataLoader:

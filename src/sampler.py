@@ -57,7 +57,7 @@ class TrainBatchSampler(Sampler[list[int]]):
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         order = torch.randperm(len(self.lengths), generator=generator)
         if not self.group_by_length:
-            return [chunk.tolist() for chunk in order.split(self.batch_size)]
+            return self._pack(order)
         chunk_size = self.chunk_batches * (self.batch_size if self.max_tokens is None else self._typical_batch_size())
         batches: list[list[int]] = []
         for chunk in order.split(chunk_size):
@@ -70,11 +70,12 @@ class TrainBatchSampler(Sampler[list[int]]):
         return max(1, self.max_tokens // max(1, int(self.lengths.float().mean())))
 
     def _pack(self, sorted_chunk: torch.Tensor) -> list[list[int]]:
-        """Cut a chunk sorted by decreasing length into batches (fixed size, or up to max_tokens padded tokens)."""
+        """Cut indices (sorted by decreasing length when grouping) into batches: fixed size, or as many as fit
+        `max_tokens` padded tokens."""
         if self.max_tokens is None:
             return [batch.tolist() for batch in sorted_chunk.split(self.batch_size)]
         batches, current, longest = [], [], 0
-        for index, length in zip(sorted_chunk.tolist(), self.lengths[sorted_chunk].tolist()):
+        for index, length in zip(sorted_chunk.tolist(), self.lengths[sorted_chunk].tolist(), strict=True):
             longest = max(longest, length) if current else length
             if current and longest * (len(current) + 1) > self.max_tokens:
                 batches.append(current)
@@ -114,7 +115,7 @@ class EvalBatchSampler(Sampler[list[int]]):
         shard = torch.arange(rank, len(lengths), num_replicas)
         shard_lengths = torch.as_tensor(lengths, dtype=torch.long)[shard]
         ordered = shard[torch.argsort(shard_lengths, descending=True, stable=True)]
-        self.batches = [batch.tolist() for batch in ordered.split(batch_size)]
+        self.batches = [batch.tolist() for batch in ordered.split(batch_size) if len(batch)]
 
     def __iter__(self) -> Iterator[list[int]]:
         yield from self.batches

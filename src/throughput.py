@@ -2,14 +2,15 @@
 
 Why a callback of our own rather than `lightning.pytorch.callbacks.ThroughputMonitor`: Lightning's synchronizes
 the GPU after every batch, runs on rank 0 only (multiplying by the world size, which is wrong when ranks see
-different batch sizes, as with `max_tokens` batching), takes a fixed `flops_per_batch` (ours varies with each
-batch's padded length) and counts one kind of token only, where padding is the thing to watch here.
+different batch sizes, as with `max_tokens` batching), needs the module to keep a `flops_per_batch` attribute up
+to date (ours varies with each batch's padded length) and counts one kind of token, where padding is the thing
+to watch here.
 
 Peak FLOP/s: `lightning.fabric.utilities.throughput.get_available_flops` is reused as a fallback only, because
 for the GPUs this template targets it does not fit (lightning 2.6): a plain "NVIDIA H200" (the H200 SXM's name)
-is not recognised (None), its H200/H100-NVL entries are with-sparsity figures (2x the dense peak), "NVIDIA L40S"
-matches its "l4" entry, and its RTX 4090 bf16 figure is the non-tensor-core rate. `_PEAK_FLOPS` below holds
-dense tensor-core figures from NVIDIA's datasheets for those GPUs; other GPUs go to Lightning's table.
+is not recognised (None), its H200 entries are with-sparsity figures (2x the dense peak), "NVIDIA L40S" matches
+its "l4" entry, and its RTX 4090 bf16 figure is the fp32 rate, not the tensor-core one. `_PEAK_FLOPS` below
+holds dense tensor-core figures from NVIDIA's datasheets for those GPUs; other GPUs go to Lightning's table.
 """
 
 import re

@@ -11,15 +11,16 @@ import datasets
 from transformers import BertConfig, BertModel, BertTokenizerFast
 
 STAR_WORDS = ["awful", "poor", "okay", "good", "superb"]
-FILLER = "the food service staff place was and we it our table time order visit price menu room".split()
+FILLER = ["the", "food", "service", "staff", "place", "was", "and", "we", "it", "our", "table", "time", "order",
+          "visit", "price", "menu", "room"]
 LABEL_NAMES = ["1 star", "2 star", "3 stars", "4 stars", "5 stars"]  # as yelp_review_full spells them
 
 
 def write_tiny_bert(directory: Path, max_position_embeddings: int = 128) -> Path:
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *STAR_WORDS, *FILLER, "very", "not", "\\", "n"]
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=str(directory / "vocab.txt"), do_lower_case=True,
+    # transformers 5 ignores `vocab_file` here; the vocab must be passed as a dict
+    tokenizer = BertTokenizerFast(vocab={token: i for i, token in enumerate(vocab)}, do_lower_case=True,
                                   model_max_length=max_position_embeddings)
     tokenizer.save_pretrained(directory)
     config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
