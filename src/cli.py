@@ -8,14 +8,19 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+import torch
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from src.data import YelpReviewDataModule
 from src.errors import UserInputError
+from src.export import export_checkpoint
 from src.model import NonFiniteLossError, SequenceClassifier
 from src.runs import newest_run_checkpoint, run_dir_of
+from src.throughput import ThroughputMonitor
 
 TENSORBOARD = "lightning.pytorch.loggers.TensorBoardLogger"
 
@@ -45,11 +50,19 @@ class ReviewClassifierCLI(LightningCLI):
         })
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         parser.set_defaults({"lr_monitor.logging_interval": "step"})
+        parser.add_lightning_class_args(ThroughputMonitor, "throughput")
         parser.add_argument("--test_after_fit", type=bool, default=False,
                             help="fit: afterwards, test the best checkpoint on the test split")
+        parser.add_argument("--export_best", type=bool, default=False,
+                            help="fit: afterwards, export the best checkpoint as a HF model to RUN_DIR/hf_model")
+        # plain tqdm lines read well in cluster job logs; configs/progress/rich.yaml switches to Rich
+        parser.add_lightning_class_args(ProgressBar, "progress_bar", subclass_mode=True, required=False)
+        parser.set_defaults({"progress_bar": {"class_path": "lightning.pytorch.callbacks.TQDMProgressBar"}})
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand]
+        if config.trainer.get("enable_progress_bar") is False:
+            config.progress_bar = None
         ckpt_path = config.get("ckpt_path")
         logger = config.trainer.get("logger")
         tensorboard = logger is not None and not isinstance(logger, bool) and logger.class_path == TENSORBOARD
@@ -65,10 +78,18 @@ class ReviewClassifierCLI(LightningCLI):
             logger.init_args.name = run_dir.parent.name
             logger.init_args.version = run_dir.name
 
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        trainer = super().instantiate_trainer(**kwargs)
+        trainer.callbacks = [callback for callback in trainer.callbacks if callback is not None]  # progress_bar: null
+        return trainer
+
     def after_fit(self) -> None:
         if self.config.fit.test_after_fit:
             self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path="best")
         log_dir = self.trainer.log_dir  # a collective under DDP: every rank must ask
+        best = self.trainer.checkpoint_callback.best_model_path if self.trainer.checkpoint_callback else ""
+        if self.config.fit.export_best and self.trainer.is_global_zero and best and log_dir:
+            print(f"Exported the best checkpoint to {export_checkpoint(best, Path(log_dir) / 'hf_model')}")
         if self.trainer.is_global_zero and log_dir:
             print(f"\nRun directory: {log_dir}\nView it: tensorboard --logdir {Path(log_dir).parent.parent}")
 
@@ -76,6 +97,7 @@ class ReviewClassifierCLI(LightningCLI):
 def main(args: list[str] | None = None) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the data module parallelises tokenization itself
     logging.getLogger("transformers").setLevel(logging.ERROR)  # load reports a user cannot act on
+    torch.set_float32_matmul_precision("high")  # TF32 matmuls on Ampere+ GPUs for fp32 runs; no effect on CPU
     try:
         ReviewClassifierCLI(
             SequenceClassifier,
