@@ -24,7 +24,7 @@ def read_reviews() -> list[tuple[int, str]]:
     reviews = []
     for path in sorted(SOURCE.glob("*.txt")):
         parts = HEADER.split(path.read_text(encoding="utf-8"))[1:]
-        reviews += [(int(stars), body.strip()) for stars, body in zip(parts[::2], parts[1::2])]
+        reviews += [(int(stars), body.strip()) for stars, body in zip(parts[::2], parts[1::2], strict=True)]
     return reviews
 
 

@@ -25,6 +25,13 @@ from src.throughput import ThroughputMonitor
 TENSORBOARD = "lightning.pytorch.loggers.TensorBoardLogger"
 
 
+class QuietUsageParser(LightningArgumentParser):
+    """On a bad argument, print just the error and the --help tip, not the ~60-line usage block above them."""
+
+    def print_usage(self, file: Any = None) -> None:
+        pass
+
+
 class ReviewClassifierCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("model.model_name_or_path", "data.tokenizer_name_or_path")
@@ -103,6 +110,7 @@ def main(args: list[str] | None = None) -> None:
             SequenceClassifier,
             YelpReviewDataModule,
             seed_everything_default=42,
+            parser_class=QuietUsageParser,
             save_config_kwargs={"overwrite": True},
             trainer_defaults={
                 "logger": {"class_path": TENSORBOARD, "init_args": {"save_dir": "logs", "name": "default"}},
