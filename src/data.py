@@ -20,6 +20,7 @@ import lightning.pytorch as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 from datasets.fingerprint import Hasher
+from lightning.pytorch.trainer.states import TrainerFn
 from torch.utils.data import DataLoader
 from transformers import AutoTokenizer, DataCollatorWithPadding, PreTrainedTokenizerBase
 
@@ -231,8 +232,13 @@ class YelpReviewDataModule(pl.LightningDataModule):
         name = Path(hp.dataset).name if Path(hp.dataset).exists() else hp.dataset.replace("/", "--")
         return self.cache_root / f"{name}-{key}"
 
+    def _predicting_file(self) -> bool:
+        """Predicting on `predict_file` needs only that file, not the (possibly huge) training data."""
+        predicting = self.trainer is None or self.trainer.state.fn == TrainerFn.PREDICTING
+        return self.hparams.predict_file is not None and predicting
+
     def _sources(self) -> dict[str, datasets.Dataset]:
-        if self.hparams.predict_file:
+        if self._predicting_file():
             return {"predict": self._load_predict_file()}
         return dict(self._draw_splits(self._load_raw()))
 
@@ -337,11 +343,11 @@ class YelpReviewDataModule(pl.LightningDataModule):
         return self._eval_loader("test")
 
     def predict_dataloader(self) -> DataLoader:
-        return self._eval_loader("predict" if self.hparams.predict_file else "test")
+        return self._eval_loader("predict" if self._predicting_file() else "test")
 
     def predict_texts(self) -> list[str]:
         """The texts of the predict split, in input order (for prediction files)."""
-        source = self._sources()["predict" if self.hparams.predict_file else "test"]
+        source = self._sources()["predict" if self._predicting_file() else "test"]
         return list(source[self.hparams.text_column])
 
 
