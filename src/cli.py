@@ -19,6 +19,8 @@ from src.data import YelpReviewDataModule
 from src.errors import UserInputError
 from src.export import export_checkpoint
 from src.model import NonFiniteLossError, SequenceClassifier
+from src.predictions import PredictionsWriter
+from src.reporting import EvalReport, RunReport, print_run_summary
 from src.runs import newest_run_checkpoint, run_dir_of
 from src.throughput import ThroughputMonitor
 
@@ -57,6 +59,14 @@ class ReviewClassifierCLI(LightningCLI):
         })
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         parser.set_defaults({"lr_monitor.logging_interval": "step"})
+        # TensorBoard beyond loss curves: confusion matrices and per-class precision/recall (eval_report); a run
+        # summary text, the running best score and an HPARAMS tab with real metrics (run_report)
+        parser.add_lightning_class_args(EvalReport, "eval_report")
+        parser.add_lightning_class_args(RunReport, "run_report")
+        parser.link_arguments("checkpoint.monitor", "run_report.monitor")
+        parser.link_arguments("checkpoint.mode", "run_report.mode")
+        # `predict` writes RUN_DIR/predictions.jsonl (predictions.output_format: csv for a CSV file)
+        parser.add_lightning_class_args(PredictionsWriter, "predictions")
         parser.add_lightning_class_args(ThroughputMonitor, "throughput")
         parser.add_argument("--test_after_fit", type=bool, default=False,
                             help="fit: afterwards, test the best checkpoint on the test split")
@@ -95,8 +105,11 @@ class ReviewClassifierCLI(LightningCLI):
             self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path="best")
         log_dir = self.trainer.log_dir  # a collective under DDP: every rank must ask
         best = self.trainer.checkpoint_callback.best_model_path if self.trainer.checkpoint_callback else ""
+        exported = None
         if self.config.fit.export_best and self.trainer.is_global_zero and best and log_dir:
-            print(f"Exported the best checkpoint to {export_checkpoint(best, Path(log_dir) / 'hf_model')}")
+            exported = export_checkpoint(best, Path(log_dir) / "hf_model")
+            print(f"Exported the best checkpoint to {exported}")
+        print_run_summary(self.trainer, export_path=exported, log_dir=log_dir)
         if self.trainer.is_global_zero and log_dir:
             print(f"\nRun directory: {log_dir}\nView it: tensorboard --logdir {Path(log_dir).parent.parent}")
 

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import lightning.pytorch as pl
-import numpy as np
 import torch
 import torch.distributed as dist
 from lightning.pytorch.callbacks import BasePredictionWriter
@@ -65,7 +64,7 @@ class PredictionsWriter(BasePredictionWriter):
         if not torch.equal(idx, torch.arange(expected)):
             raise RuntimeError(f"predictions cover {len(idx)} rows ({len(torch.unique(idx))} distinct) but the "
                                f"predict split has {expected}: each row must be predicted exactly once")
-        names = _label_names(pl_module, probs.shape[1])
+        names = label_names(pl_module, probs.shape[1])
         rows = _rows(idx, labels, probs, names, texts)
         columns = ["idx", "pred_label", "pred_name", *(f"prob_{name}" for name in names)]
         columns += ["text"] if texts is not None else []
@@ -105,7 +104,7 @@ def _gather(
     return tuple(torch.cat([part[i] for part in parts]) for i in range(3))  # type: ignore[return-value]
 
 
-def _label_names(pl_module: "pl.LightningModule", num_labels: int) -> list[str]:
+def label_names(pl_module: "pl.LightningModule", num_labels: int) -> list[str]:
     """The model's own class names (HF `id2label`), so the file says what the model was trained to output."""
     config = getattr(getattr(pl_module, "model", None), "config", None)
     id2label = getattr(config, "id2label", None) or {}
@@ -116,7 +115,7 @@ def _rows(
     idx: torch.Tensor, labels: torch.Tensor, probs: torch.Tensor, names: list[str], texts: list[str] | None
 ) -> Iterator[dict[str, Any]]:
     # float32 printed at its shortest round-trip form: 0.20784132, not 0.20784132182598114
-    probs_text = probs.numpy().astype(np.float32).astype(str)
+    probs_text = probs.numpy().astype(str)
     for row, (i, label) in enumerate(zip(idx.tolist(), labels.tolist(), strict=True)):
         record: dict[str, Any] = {"idx": i, "pred_label": label, "pred_name": names[label]}
         record.update({f"prob_{name}": float(p) for name, p in zip(names, probs_text[row], strict=True)})
