@@ -122,7 +122,8 @@ class YelpReviewDataModule(pl.LightningDataModule):
             raise UserInputError(
                 f"could not load dataset '{source}': the Hugging Face Hub is unreachable or has no such dataset "
                 f"({type(err).__name__}). Save it to a local dir where the hub is reachable and pass "
-                "--data.dataset DIR (a dir with data/train-*.parquet, data/test-*.parquet)"
+                "--data.dataset DIR (a dir with data/train-*.parquet, data/test-*.parquet; HF_HUB_OFFLINE=1 skips "
+                "the connection retries)"
             ) from None
         except FileNotFoundError as err:
             raise UserInputError(f"could not load dataset '{source}': {err}") from None

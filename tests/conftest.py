@@ -1,13 +1,15 @@
 import os
+
+# before anything imports huggingface_hub, which reads these once: never wait on an unreachable hub
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
 from pathlib import Path
 
 import pytest
 
 from tests.fixtures import write_tiny_bert, write_tiny_yelp
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never wait on an unreachable hub
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 @pytest.fixture(scope="session")
