@@ -33,7 +33,8 @@ class SequenceClassifier(pl.LightningModule):
         label_names: class names stored in the HF config (`id2label`); default "1 star".."N stars".
         lr, weight_decay: AdamW; weight decay skips biases and LayerNorm weights (all 1-D parameters).
         warmup_steps / warmup_ratio: linear warmup length (give one), then linear decay to 0 at the last step.
-        attn_implementation: "sdpa" (fused attention kernels) or "eager"; passed to `from_pretrained`.
+        attn_implementation: None lets transformers pick SDPA (fused attention kernels) where the model supports
+            it, else eager; or force "sdpa", "eager", "flash_attention_2".
         compile: wrap the HF model in `torch.compile`.
     """
 
@@ -46,7 +47,7 @@ class SequenceClassifier(pl.LightningModule):
         weight_decay: float = 0.0,
         warmup_steps: int = 0,
         warmup_ratio: float = 0.0,
-        attn_implementation: str = "sdpa",
+        attn_implementation: str | None = None,
         compile: bool = False,
     ) -> None:
         super().__init__()
