@@ -1,0 +1,106 @@
+"""SequenceClassifier: labels in the HF config, optimizer groups, the warmup/decay schedule, steps."""
+
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from torch.optim.lr_scheduler import LRScheduler
+
+from src.errors import UserInputError
+from src.model import NonFiniteLossError, SequenceClassifier
+
+
+def scheduled(model: SequenceClassifier, max_steps: int) -> tuple[torch.optim.Optimizer, LRScheduler]:
+    """configure_optimizers() as the Trainer calls it, for a run of `max_steps` optimizer steps."""
+    model.trainer = pl.Trainer(max_steps=max_steps, logger=False, enable_checkpointing=False, accelerator="cpu")
+    config = model.configure_optimizers()
+    return config["optimizer"], config["lr_scheduler"]["scheduler"]
+
+
+def lr_trace(optimizer: torch.optim.Optimizer, scheduler: LRScheduler, steps: int) -> list[float]:
+    """The learning rate before each of `steps` optimizer steps, and after the last."""
+    trace = []
+    for _ in range(steps):
+        trace.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return [*trace, optimizer.param_groups[0]["lr"]]
+
+
+def test_label_names_are_stored_in_the_hf_config(tiny_bert: Path) -> None:
+    model = SequenceClassifier(str(tiny_bert))
+    assert model.model.config.id2label == {0: "1 star", 1: "2 stars", 2: "3 stars", 3: "4 stars", 4: "5 stars"}
+    assert model.model.config.label2id["5 stars"] == 4
+    custom = SequenceClassifier(str(tiny_bert), num_labels=2, label_names=["negative", "positive"])
+    assert custom.model.config.id2label == {0: "negative", 1: "positive"}
+    assert custom.model.classifier.out_features == 2
+
+
+def test_bad_model_arguments_are_user_errors(tiny_bert: Path) -> None:
+    with pytest.raises(UserInputError, match="label_names has 2 names but num_labels=5"):
+        SequenceClassifier(str(tiny_bert), label_names=["a", "b"])
+    with pytest.raises(UserInputError, match="not both"):
+        SequenceClassifier(str(tiny_bert), warmup_steps=3, warmup_ratio=0.1)
+
+
+def test_trains_in_train_mode_with_sdpa_attention(tiny_bert: Path) -> None:
+    model = SequenceClassifier(str(tiny_bert))
+    assert model.model.training  # from_pretrained returns eval mode; dropout must be on for fine-tuning
+    assert model.model.config._attn_implementation == "sdpa"
+
+
+def test_no_weight_decay_on_biases_and_layernorm(tiny_bert: Path) -> None:
+    model = SequenceClassifier(str(tiny_bert), weight_decay=0.01)
+    optimizer, _ = scheduled(model, 10)
+    decayed, plain = optimizer.param_groups
+    assert decayed["weight_decay"] == 0.01 and plain["weight_decay"] == 0.0
+    names = {id(p): n for n, p in model.named_parameters()}
+    plain_names = {names[id(p)] for p in plain["params"]}
+    assert plain_names == {n for n, p in model.named_parameters() if n.endswith("bias") or "LayerNorm" in n}
+    assert len(decayed["params"]) + len(plain["params"]) == len(list(model.parameters()))
+    assert all("LayerNorm" not in names[id(p)] and not names[id(p)].endswith("bias") for p in decayed["params"])
+
+
+def test_linear_schedule_without_warmup_is_the_tutorials(tiny_bert: Path) -> None:
+    optimizer, scheduler = scheduled(SequenceClassifier(str(tiny_bert), lr=5e-5), 10)
+    trace = lr_trace(optimizer, scheduler, 10)
+    assert trace[0] == pytest.approx(5e-5)
+    assert trace[5] == pytest.approx(2.5e-5)
+    assert trace[-1] == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize("warmup", [{"warmup_steps": 4}, {"warmup_ratio": 0.2}])
+def test_warmup_then_linear_decay(tiny_bert: Path, warmup: dict) -> None:
+    optimizer, scheduler = scheduled(SequenceClassifier(str(tiny_bert), lr=1e-4, **warmup), 20)
+    trace = lr_trace(optimizer, scheduler, 20)
+    assert trace[0] == pytest.approx(0.0)
+    assert trace[2] == pytest.approx(0.5e-4)
+    assert max(trace) == pytest.approx(1e-4) and trace.index(max(trace)) == 4
+    assert trace[12] == pytest.approx(1e-4 * 8 / 16)
+    assert trace[-1] == pytest.approx(0.0)
+
+
+def batch(n: int = 4, length: int = 7) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    return {"input_ids": torch.randint(5, 20, (n, length), generator=generator),
+            "attention_mask": torch.ones(n, length, dtype=torch.long),
+            "labels": torch.arange(n) % 5, "idx": torch.arange(n), "length": torch.full((n,), length)}
+
+
+def test_predict_step_returns_ids_labels_and_probabilities(tiny_bert: Path) -> None:
+    model = SequenceClassifier(str(tiny_bert)).eval()
+    with torch.no_grad():
+        out = model.predict_step(batch(), 0)
+    assert torch.equal(out["idx"], torch.arange(4))
+    assert torch.allclose(out["probs"].sum(-1), torch.ones(4))
+    assert torch.equal(out["label"], out["probs"].argmax(-1))
+
+
+def test_non_finite_loss_raises_before_the_step(tiny_bert: Path) -> None:
+    model = SequenceClassifier(str(tiny_bert))
+    model.trainer = pl.Trainer(max_steps=1, logger=False, enable_checkpointing=False, accelerator="cpu")
+    with torch.no_grad():
+        model.model.classifier.bias.fill_(float("inf"))
+    with pytest.raises(NonFiniteLossError, match="training loss became nan at global step 0"):
+        model.training_step(batch(), 0)
