@@ -11,16 +11,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch import Trainer
+from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from src.checkpoint_io import AtomicCheckpointIO
 from src.data import YelpReviewDataModule
 from src.errors import UserInputError
 from src.export import export_checkpoint
 from src.model import NonFiniteLossError, SequenceClassifier
 from src.predictions import PredictionsWriter
 from src.reporting import EvalReport, RunReport, print_run_summary
+from src.rng_state import RngStateCheckpoint
 from src.runs import newest_run_checkpoint, run_dir_of
 from src.throughput import ThroughputMonitor
 
@@ -34,6 +37,26 @@ class QuietUsageParser(LightningArgumentParser):
         pass
 
 
+class LastCheckpoint(ModelCheckpoint):
+    """Writes last.ckpt every N optimizer steps, after every validation and at the end of training.
+
+    Since Lightning 2.5 a `ModelCheckpoint` refreshes last.ckpt after validation only when it also saved a top-k
+    checkpoint, so with val/acc not improving the newest state would never reach last.ckpt.
+    """
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        self._save_last_if_new(trainer)
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_train_end(trainer, pl_module)
+        self._save_last_if_new(trainer)
+
+    def _save_last_if_new(self, trainer: Trainer) -> None:
+        if not self._should_skip_saving_checkpoint(trainer):  # skips sanity checks and steps saved already
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
 class ReviewClassifierCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("model.model_name_or_path", "data.tokenizer_name_or_path")
@@ -45,12 +68,12 @@ class ReviewClassifierCLI(LightningCLI):
             "checkpoint.mode": "max",
             "checkpoint.filename": "epoch{epoch}-step{step}-val_acc{val/acc:.4f}",
             "checkpoint.auto_insert_metric_name": False,
-            "checkpoint.save_last": True,
+            "checkpoint.save_last": False,  # periodic_checkpoint writes last.ckpt
             "checkpoint.enable_version_counter": False,
         })
-        # last.ckpt, for resuming, is also refreshed every N optimizer steps (0 = only after validation);
-        # both callbacks write the same last.ckpt, so it is always the newest state
-        parser.add_lightning_class_args(ModelCheckpoint, "periodic_checkpoint")
+        # last.ckpt, for resuming, is this callback's alone: written every N optimizer steps (0 = only after
+        # validation), after every validation and when training ends, so it always holds the newest state
+        parser.add_lightning_class_args(LastCheckpoint, "periodic_checkpoint")
         parser.set_defaults({
             "periodic_checkpoint.every_n_train_steps": 500,
             "periodic_checkpoint.save_top_k": 0,
@@ -76,8 +99,14 @@ class ReviewClassifierCLI(LightningCLI):
         parser.add_lightning_class_args(ProgressBar, "progress_bar", subclass_mode=True, required=False)
         parser.set_defaults({"progress_bar": {"class_path": "lightning.pytorch.callbacks.TQDMProgressBar"}})
 
+    def _parse_ckpt_path(self) -> None:
+        """No-op. Lightning would overwrite the model's config with the hyperparameters stored in an explicit
+        `--ckpt_path` file, silently ignoring the config and command line (a moved model dir, another num_labels;
+        Lightning PR #21455) and not doing so for `last`/`best`. Here the config always decides, and
+        `after_instantiate_classes` refuses a checkpoint whose weights do not fit the configured model."""
+
     def before_instantiate_classes(self) -> None:
-        config = self.config[self.subcommand]
+        config = self.config[self.subcommand] if self.subcommand else self.config  # run=False: no subcommand
         if config.trainer.get("enable_progress_bar") is False:
             config.progress_bar = None
         ckpt_path = config.get("ckpt_path")
@@ -95,9 +124,18 @@ class ReviewClassifierCLI(LightningCLI):
             logger.init_args.name = run_dir.parent.name
             logger.init_args.version = run_dir.name
 
+    def after_instantiate_classes(self) -> None:
+        # before anything runs or is written (config.yaml, events): a checkpoint of another model fails here
+        ckpt_path = self.config[self.subcommand].get("ckpt_path") if self.subcommand else None
+        if ckpt_path and Path(ckpt_path).is_file():
+            self.model.check_checkpoint_fits(torch.load(ckpt_path, map_location="cpu", mmap=True, weights_only=True))
+
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         trainer = super().instantiate_trainer(**kwargs)
         trainer.callbacks = [callback for callback in trainer.callbacks if callback is not None]  # progress_bar: null
+        trainer.callbacks.insert(0, RngStateCheckpoint())  # exact resume: dropout continues its random stream
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # Lightning's default; keep a user's plugin
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         return trainer
 
     def after_fit(self) -> None:

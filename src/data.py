@@ -13,7 +13,7 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import datasets
 import lightning.pytorch as pl
@@ -97,6 +97,8 @@ class YelpReviewDataModule(pl.LightningDataModule):
         self.cache_root = Path(cache_dir or Path(datasets.config.HF_DATASETS_CACHE) / "review_classifier_tokenized")
         self._tokenizer: PreTrainedTokenizerBase | None = None
         self.splits: datasets.DatasetDict | None = None
+        self._train_loader: ResumableDataLoader | None = None
+        self._resume_position: dict[str, int] | None = None
 
     # ----- loading and checking -------------------------------------------------------------------------
     @property
@@ -183,7 +185,8 @@ class YelpReviewDataModule(pl.LightningDataModule):
             if name in raw:
                 self._check_split(raw[name], name)
         train = raw["train"].shuffle(seed=hp.seed)
-        if "validation" in raw:
+        carved = "validation" not in raw
+        if not carved:
             validation = raw["validation"]
         else:
             n_val = next((n for n in (hp.val_size, hp.eval_size) if n is not None),
@@ -195,7 +198,7 @@ class YelpReviewDataModule(pl.LightningDataModule):
             train = train.select(range(len(train) - n_val))
         splits = {"train": train, "validation": validation, "test": raw.get("test", validation)}
         for name, size in (("train", hp.train_size), ("validation", hp.eval_size), ("test", hp.eval_size)):
-            if size is not None:
+            if size is not None and not (name == "validation" and carved):  # a carve already has its size
                 source = splits[name] if name == "train" else splits[name].shuffle(seed=hp.seed)
                 if size > len(source):
                     raise UserInputError(f"requested {size} rows from split '{name}' which has {len(source)}")
@@ -328,7 +331,23 @@ class YelpReviewDataModule(pl.LightningDataModule):
             group_by_length=self.hparams.batching == "length_grouped", seed=self.hparams.seed,
             num_replicas=world, rank=rank,
         )
-        return self._loader(split, sampler, cls=ResumableDataLoader)
+        loader = self._loader(split, sampler, cls=ResumableDataLoader)
+        if self._resume_position is not None:
+            loader.load_state_dict(self._resume_position)
+            self._resume_position = None
+        self._train_loader = loader
+        return loader
+
+    # ----- resume mid-epoch ----------------------------------------------------------------------------------
+    # Lightning restores a stateful train loader itself, but not when `configure_optimizers` reads
+    # `trainer.estimated_stepping_batches` first, as ours does (Lightning issue #20550): the loader is created
+    # before the checkpoint's loop state is read. The data module's own state is read before that, so the
+    # position in the epoch travels here.
+    def state_dict(self) -> dict[str, Any]:
+        return {"train_position": self._train_loader.state_dict()} if self._train_loader is not None else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._resume_position = state_dict.get("train_position")
 
     def _eval_loader(self, name: str) -> DataLoader:
         split = self._split(name)

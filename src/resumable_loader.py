@@ -1,9 +1,10 @@
 """A DataLoader whose position inside the epoch is saved in checkpoints and restored on resume.
 
-Lightning stores `state_dict()` of any stateful train loader in the checkpoint and calls `load_state_dict()` on
-resume (`FitLoop.on_save_checkpoint`). We count the batches the training loop has *received* (not what the
-sampler produced, which runs ahead with workers/prefetch), so a resumed run skips exactly those batches and
-then sees the same remaining batches in the same order. ~20 lines instead of a torchdata dependency.
+`YelpReviewDataModule.state_dict` puts this loader's `state_dict()` in every checkpoint and hands it back on resume
+(Lightning's own stateful-loader restore comes too late when `configure_optimizers` reads
+`estimated_stepping_batches`). We count the batches the training loop has *received* (not what the sampler
+produced, which runs ahead with workers/prefetch), so a resumed run skips exactly those batches and then sees
+the same remaining batches in the same order. ~20 lines instead of a torchdata dependency.
 """
 
 from collections.abc import Iterator

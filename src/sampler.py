@@ -51,7 +51,15 @@ class TrainBatchSampler(Sampler[list[int]]):
         self._cache: tuple[int, list[list[int]]] | None = None
 
     def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self.start_batch = 0  # a resume position belongs to the epoch it was saved in
         self.epoch = epoch
+
+    @property
+    def sampler(self) -> "TrainBatchSampler":
+        """Lightning calls `set_epoch` at every epoch start on `loader.sampler` and `loader.batch_sampler.sampler`
+        only (`_set_sampler_epoch`), never on the batch sampler itself: this is how it reaches ours."""
+        return self
 
     def _global_batches(self) -> list[list[int]]:
         generator = torch.Generator().manual_seed(self.seed + self.epoch)

@@ -182,6 +182,13 @@ def test_validation_carved_from_train(
     assert split_ids(again, "train") == split_ids(dm, "train")
 
 
+def test_val_size_and_eval_size_together(tiny_yelp: Path, tiny_bert: Path) -> None:
+    """val_size sets the carved validation split; eval_size then subsets only the test split."""
+    dm = prepared(tiny_yelp, tiny_bert, val_size=12, eval_size=25)
+    assert len(dm.splits["validation"]) == 12 and len(dm.splits["test"]) == 25
+    assert len(dm.splits["train"]) == 200 - 12
+
+
 def test_validation_file_used_as_is(tmp_path: Path, tiny_bert: Path, tokenizer: PreTrainedTokenizerBase) -> None:
     """A dataset dir with a validation split file: validation is that file, row for row; train keeps all its rows."""
     directory = write_dataset(tmp_path / "ds", {
