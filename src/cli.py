@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from src.checkpoint_io import AtomicCheckpointIO
+from src.checkpointing import AtomicCheckpointIO, LastCheckpoint
 from src.data import YelpReviewDataModule
 from src.errors import UserInputError
 from src.export import export_checkpoint
@@ -35,26 +35,6 @@ class QuietUsageParser(LightningArgumentParser):
 
     def print_usage(self, file: Any = None) -> None:
         pass
-
-
-class LastCheckpoint(ModelCheckpoint):
-    """Writes last.ckpt every N optimizer steps, after every validation and at the end of training.
-
-    Since Lightning 2.5 a `ModelCheckpoint` refreshes last.ckpt after validation only when it also saved a top-k
-    checkpoint, so with val/acc not improving the newest state would never reach last.ckpt.
-    """
-
-    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        super().on_validation_end(trainer, pl_module)
-        self._save_last_if_new(trainer)
-
-    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        super().on_train_end(trainer, pl_module)
-        self._save_last_if_new(trainer)
-
-    def _save_last_if_new(self, trainer: Trainer) -> None:
-        if not self._should_skip_saving_checkpoint(trainer):  # skips sanity checks and steps saved already
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
 class ReviewClassifierCLI(LightningCLI):

@@ -1,4 +1,6 @@
-"""Checkpoint files that hold the old or the new state, never part of one, whatever stops the process.
+"""Checkpoints for resuming: a last.ckpt that is always the newest state, written so that it is never half a file.
+
+`AtomicCheckpointIO`: checkpoint files hold the old or the new state, never part of one, whatever stops the process.
 
 Lightning's `TorchCheckpointIO` writes through an fsspec transaction, which stages the file in $TMPDIR and then
 moves it over the target. When $TMPDIR is on another filesystem than the run directory (node-local /tmp or tmpfs
@@ -15,6 +17,8 @@ from typing import Any
 
 import torch
 from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 
@@ -49,3 +53,23 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             os.fsync(directory)  # the rename itself survives a power loss
         finally:
             os.close(directory)
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """Writes last.ckpt every N optimizer steps, after every validation and at the end of training.
+
+    Since Lightning 2.5 a `ModelCheckpoint` refreshes last.ckpt after validation only when it also saved a top-k
+    checkpoint, so with val/acc not improving the newest state would never reach last.ckpt.
+    """
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        self._save_last_if_new(trainer)
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_train_end(trainer, pl_module)
+        self._save_last_if_new(trainer)
+
+    def _save_last_if_new(self, trainer: Trainer) -> None:
+        if not self._should_skip_saving_checkpoint(trainer):  # skips sanity checks and steps saved already
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
