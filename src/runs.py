@@ -21,7 +21,7 @@ def newest_run_checkpoint(log_root: Path, experiment: str, which: str) -> Path:
     last = runs[-1]
     if which == "last":
         return last
-    state = torch.load(last, map_location="cpu", weights_only=False)
+    state = torch.load(last, map_location="cpu", mmap=True, weights_only=True)
     best = next((s.get("best_model_path") for k, s in state.get("callbacks", {}).items()
                  if k.startswith("ModelCheckpoint") and s.get("best_model_path")), None)
     if not best or not Path(best).is_file():

@@ -61,6 +61,15 @@ def test_ckpt_path_last_finds_the_newest_run(fitted_run: Path, tiny_bert: Path, 
     assert f"--ckpt_path last: {run}/checkpoints/last.ckpt" in result.stdout
 
 
+def test_ckpt_path_best_finds_the_best_checkpoint_of_the_newest_run(
+    fitted_run: Path, tiny_bert: Path, tiny_yelp: Path
+) -> None:
+    result = run_cli(["validate", *tiny_run_args(tiny_bert, tiny_yelp), "--ckpt_path", "best"],
+                     cwd=fitted_run.parents[2])
+    (best,) = (fitted_run / "checkpoints").glob("epoch*.ckpt")
+    assert f"--ckpt_path best: {best.relative_to(fitted_run.parents[2])}" in result.stdout
+
+
 def test_missing_checkpoint_is_a_one_line_error(tmp_path: Path, tiny_bert: Path, tiny_yelp: Path) -> None:
     result = run_cli(["test", *tiny_run_args(tiny_bert, tiny_yelp), "--ckpt_path", "nope.ckpt"], cwd=tmp_path,
                      check=False)
