@@ -7,7 +7,6 @@ loads that result. Padding happens per batch in the collator, so one cache serve
 """
 
 import json
-import logging
 import os
 import re
 import shutil
@@ -21,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from datasets.fingerprint import Hasher
 from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 from transformers import AutoTokenizer, DataCollatorWithPadding, PreTrainedTokenizerBase
 
@@ -28,8 +28,6 @@ from src.errors import UserInputError
 from src.pretrained import load_pretrained
 from src.resumable_loader import ResumableDataLoader
 from src.sampler import EvalBatchSampler, TrainBatchSampler
-
-log = logging.getLogger(__name__)
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 PREDICT_FILE_LOADERS = {".txt": "text", ".csv": "csv", ".jsonl": "json", ".json": "json"}
@@ -272,7 +270,7 @@ class YelpReviewDataModule(pl.LightningDataModule):
         sources = self._sources()
         path = self._cache_path(sources)
         if path.exists():
-            log.info("Reusing tokenized data from %s", path)
+            rank_zero_info(f"Reusing tokenized data from {path}")
             return
         tokenized = self._tokenize(sources)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -282,10 +280,11 @@ class YelpReviewDataModule(pl.LightningDataModule):
             tokenized.save_to_disk(str(staging))
             staging.rename(path)
         except OSError:
-            shutil.rmtree(staging, ignore_errors=True)
-            if not path.exists():
+            if not path.exists():  # else another process renamed its identical cache first: use that one
                 raise
-        log.info("Tokenized data cached at %s", path)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        rank_zero_info(f"Tokenized data cached at {path}")
 
     def setup(self, stage: str) -> None:
         path = self._cache_path(self._sources())
