@@ -14,6 +14,7 @@ import torch
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from src.checkpointing import AtomicCheckpointIO, LastCheckpoint
@@ -112,7 +113,11 @@ class ReviewClassifierCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         trainer = super().instantiate_trainer(**kwargs)
-        trainer.callbacks = [callback for callback in trainer.callbacks if callback is not None]  # progress_bar: null
+        trainer.callbacks = [
+            callback for callback in trainer.callbacks
+            if callback is not None  # progress_bar: null
+            and not (isinstance(callback, LearningRateMonitor) and not trainer.loggers)  # --trainer.logger false
+        ]
         trainer.callbacks.insert(0, RngStateCheckpoint())  # exact resume: dropout continues its random stream
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # Lightning's default; keep a user's plugin
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
@@ -128,7 +133,7 @@ class ReviewClassifierCLI(LightningCLI):
             exported = export_checkpoint(best, Path(log_dir) / "hf_model")
             print(f"Exported the best checkpoint to {exported}")
         print_run_summary(self.trainer, export_path=exported, log_dir=log_dir)
-        if self.trainer.is_global_zero and log_dir:
+        if self.trainer.is_global_zero and log_dir and isinstance(self.trainer.logger, TensorBoardLogger):
             print(f"\nRun directory: {log_dir}\nView it: tensorboard --logdir {Path(log_dir).parent.parent}")
 
 

@@ -297,5 +297,6 @@ def print_run_summary(trainer: "pl.Trainer", export_path: str | Path | None = No
     Without `log_dir` it asks `trainer.log_dir`, a collective under DDP: then call it on every rank.
     """
     log_dir = log_dir if log_dir is not None else trainer.log_dir
-    if trainer.is_global_zero:
-        print("\n" + format_table(run_summary_rows(trainer, log_dir, export_path)), file=file or sys.stdout)
+    rows = run_summary_rows(trainer, log_dir, export_path) if trainer.is_global_zero else []
+    if rows:  # nothing to report after fast_dev_run
+        print("\n" + format_table(rows), file=file or sys.stdout)

@@ -88,6 +88,13 @@ def test_ddp_two_cpu_processes_fit(tmp_path: Path, tiny_bert: Path, tiny_yelp: P
     assert "val/acc" in scalars(run_dir)
 
 
+def test_debug_preset_runs_one_batch_and_writes_no_run(tmp_path: Path, tiny_bert: Path, tiny_yelp: Path) -> None:
+    result = run_cli(["fit", *tiny_run_args(tiny_bert, tiny_yelp), "--config", str(REPO / "configs/debug.yaml")],
+                     cwd=tmp_path)
+    assert "Run directory" not in result.stdout
+    assert not (tmp_path / "logs").exists()
+
+
 def test_configs_dir_is_complete() -> None:
     names = {p.relative_to(REPO / "configs").as_posix() for p in (REPO / "configs").rglob("*.yaml")}
     assert {"yelp_bert.yaml", "yelp_bert_full.yaml", "quickstart.yaml", "debug.yaml"} <= names
