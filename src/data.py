@@ -97,6 +97,7 @@ class YelpReviewDataModule(pl.LightningDataModule):
         self.splits: datasets.DatasetDict | None = None
         self._train_loader: ResumableDataLoader | None = None
         self._resume_position: dict[str, int] | None = None
+        self._tokenized_paths: dict[bool, Path] = {}
 
     # ----- loading and checking -------------------------------------------------------------------------
     @property
@@ -266,13 +267,19 @@ class YelpReviewDataModule(pl.LightningDataModule):
             )
         return datasets.DatasetDict(tokenized)
 
+    def _tokenized_path(self) -> Path:
+        """This run's cache dir; computed once per process and stage kind (it loads and hashes the raw data)."""
+        predicting = self._predicting_file()
+        if predicting not in self._tokenized_paths:
+            self._tokenized_paths[predicting] = self._cache_path(self._sources())
+        return self._tokenized_paths[predicting]
+
     def prepare_data(self) -> None:
-        sources = self._sources()
-        path = self._cache_path(sources)
+        path = self._tokenized_path()
         if path.exists():
             rank_zero_info(f"Reusing tokenized data from {path}")
             return
-        tokenized = self._tokenize(sources)
+        tokenized = self._tokenize(self._sources())
         path.parent.mkdir(parents=True, exist_ok=True)
         # write beside, then rename: an interrupted run never leaves a half-written cache behind
         staging = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
@@ -287,7 +294,7 @@ class YelpReviewDataModule(pl.LightningDataModule):
         rank_zero_info(f"Tokenized data cached at {path}")
 
     def setup(self, stage: str) -> None:
-        path = self._cache_path(self._sources())
+        path = self._tokenized_path()
         if not path.exists():
             raise UserInputError(f"no tokenized data at {path}: call prepare_data() before setup()")
         self.splits = datasets.load_from_disk(str(path))
