@@ -19,6 +19,7 @@ import lightning.pytorch as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 from datasets.fingerprint import Hasher
+from lightning.pytorch.accelerators import CUDAAccelerator
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
@@ -304,10 +305,13 @@ class YelpReviewDataModule(pl.LightningDataModule):
 
     # ----- loaders -----------------------------------------------------------------------------------------
     def _collator(self) -> DataCollatorWithPadding:
-        on_gpu = self.trainer is not None and self.trainer.accelerator.__class__.__name__ == "CUDAAccelerator"
         if self.hparams.padding == "max_length":
             return DataCollatorWithPadding(self.tokenizer, padding="max_length", max_length=self.hparams.max_length)
-        return DataCollatorWithPadding(self.tokenizer, padding="longest", pad_to_multiple_of=8 if on_gpu else None)
+        multiple = 8 if self._on_gpu() else None  # tensor-core friendly shapes on GPU
+        return DataCollatorWithPadding(self.tokenizer, padding="longest", pad_to_multiple_of=multiple)
+
+    def _on_gpu(self) -> bool:
+        return self.trainer is not None and isinstance(self.trainer.accelerator, CUDAAccelerator)
 
     def _rank_and_world(self) -> tuple[int, int]:
         if self.trainer is None:
@@ -325,7 +329,7 @@ class YelpReviewDataModule(pl.LightningDataModule):
             batch_sampler=batch_sampler,
             collate_fn=self._collator(),
             num_workers=self.hparams.num_workers,
-            pin_memory=self.trainer is not None and self.trainer.accelerator.__class__.__name__ == "CUDAAccelerator",
+            pin_memory=self._on_gpu(),
             persistent_workers=self.hparams.num_workers > 0,
         )
 
