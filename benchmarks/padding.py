@@ -8,7 +8,7 @@ of 64 batches (512 reviews).
 
     python -m benchmarks.padding [--dataset DIR] [--sizes 320,4000,90000]
 
-"compute / real token" is training FLOPs (6 N per token + attention, as `src.throughput.FlopModel`, MiniLM
+"compute / real token" is training FLOPs (6 N per token + attention, as `src.utils.flops.FlopModel`, MiniLM
 geometry) per real token, relative to the project's default batching: the throughput ratio to expect when the run
 is compute-bound.
 """
@@ -22,9 +22,9 @@ from transformers import AutoTokenizer
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
 from benchmarks.synthetic_reviews import DEFAULT_TOKENIZER
-from src.pretrained import load_pretrained
-from src.sampler import TrainBatchSampler
-from src.throughput import FlopModel
+from src.data.samplers import TrainBatchSampler
+from src.utils.flops import FlopModel
+from src.utils.pretrained import load_pretrained
 
 REPO = Path(__file__).resolve().parent.parent
 MINILM = FlopModel(n_params=10_797_317, n_layers=6, hidden=384)  # non-embedding parameters of all-MiniLM-L6-v2

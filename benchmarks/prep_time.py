@@ -1,4 +1,4 @@
-"""Data-preparation time of `YelpReviewDataModule` on a 100k-review synthetic corpus: first run vs cached run.
+"""Data-preparation time of `TextClassificationDataModule` on a 100k-review synthetic corpus: first run vs cached run.
 
 Each run is a fresh process (as two successive `fit` invocations are) that builds the data module the way the CLI
 does (MiniLM tokenizer, max_length 512, the default 10% validation carve) and times `prepare_data()` and
@@ -44,10 +44,10 @@ def _time_phases(data) -> dict[str, float]:
 
 def child(dataset: Path, cache: Path) -> dict:
     """One run, timed inside the process (imports excluded, tokenizer load included)."""
-    from src.data import YelpReviewDataModule
+    from src.data import TextClassificationDataModule
 
     start = time.perf_counter()
-    data = YelpReviewDataModule(dataset=str(dataset), tokenizer_name_or_path=DEFAULT_TOKENIZER, max_length=512,
+    data = TextClassificationDataModule(dataset=str(dataset), tokenizer_name_or_path=DEFAULT_TOKENIZER, max_length=512,
                                 cache_dir=str(cache))
     data.tokenizer  # noqa: B018 - load it here so it is timed apart from prepare_data
     phases = _time_phases(data)
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
         ("load average before", "load_before", "{:.2f}"),
     ]
     split_rows = ", ".join(f"{name} {n}" for name, n in first["rows"].items())
-    lines = [f"YelpReviewDataModule on {dataset.name}: {split_rows} rows, MiniLM tokenizer, max_length 512, "
+    lines = [f"TextClassificationDataModule on {dataset.name}: {split_rows} rows, MiniLM tokenizer, max_length 512, "
              f"tokenize_num_proc default for train ({first['num_proc_default']} here), {os.cpu_count()} CPUs", "",
              "| | first run (tokenize + cache) | second run (cached) |", "|---|---|---|"]
     for label, key, fmt in rows:

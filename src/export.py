@@ -23,9 +23,9 @@ import torch
 import transformers
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from src.errors import UserInputError
 from src.model import SequenceClassifier
-from src.pretrained import load_pretrained
+from src.utils.errors import UserInputError
+from src.utils.pretrained import load_pretrained
 
 ONNX_OPSET = 17
 ONNX_TOLERANCE = 1e-4  # max abs logit difference accepted between onnxruntime and PyTorch

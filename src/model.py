@@ -9,8 +9,8 @@ from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
 from transformers import AutoModelForSequenceClassification, get_linear_schedule_with_warmup
 
-from src.errors import UserInputError
-from src.pretrained import load_pretrained
+from src.utils.errors import UserInputError
+from src.utils.pretrained import load_pretrained
 
 LABEL_KEYS = ("labels", "idx", "length")
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from src.cli import main
-from src.data import YelpReviewDataModule
+from src.data import TextClassificationDataModule
 from tests.cli_helpers import tiny_run_args
 from tests.fixtures import write_dataset, yelp_like_split
 
@@ -143,7 +143,7 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
 def test_empty_text_is_allowed(tmp_path: Path, tiny_bert: Path) -> None:
     """An empty review is a valid (if uninformative) input: it becomes [CLS] [SEP], nothing is dropped."""
     dataset = broken_dataset(tmp_path, label=[0, 1, 2, 3, 4, 0], text=["", "good", "", "okay", "superb", "poor"])
-    dm = YelpReviewDataModule(dataset=str(dataset), tokenizer_name_or_path=str(tiny_bert), max_length=32,
+    dm = TextClassificationDataModule(dataset=str(dataset), tokenizer_name_or_path=str(tiny_bert), max_length=32,
                               val_size=1, eval_size=None)
     dm.prepare_data()
     dm.setup("fit")

@@ -13,10 +13,10 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from src.data import YelpReviewDataModule
-from src.errors import UserInputError
+from src.data import TextClassificationDataModule
 from src.export import OnnxMismatchError, export_checkpoint, main
 from src.model import SequenceClassifier, star_label_names
+from src.utils.errors import UserInputError
 
 TEXTS = [
     "the food was superb and the staff very good",
@@ -47,8 +47,9 @@ def trained(tiny_bert: Path, tiny_yelp: Path, tmp_path_factory: pytest.TempPathF
     with pytest.MonkeyPatch.context() as mp:  # the per-test cache fixture does not reach module-scoped fixtures
         mp.setattr(datasets.config, "HF_DATASETS_CACHE", root / "hf_datasets_cache")
         pl.seed_everything(0)
-        data = YelpReviewDataModule(dataset=str(tiny_yelp), tokenizer_name_or_path=str(tiny_bert), max_length=64,
-                                    batch_size=8, cache_dir=str(root / "tokenized"))
+        data = TextClassificationDataModule(
+            dataset=str(tiny_yelp), tokenizer_name_or_path=str(tiny_bert), max_length=64,
+            batch_size=8, cache_dir=str(root / "tokenized"))
         module = SequenceClassifier(model_name_or_path=str(tiny_bert), lr=1e-2)
         trainer = pl.Trainer(max_steps=2, limit_val_batches=0, logger=False, enable_checkpointing=False,
                              enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")

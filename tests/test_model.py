@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch.optim.lr_scheduler import LRScheduler
 
-from src.errors import UserInputError
 from src.model import NonFiniteLossError, SequenceClassifier
+from src.utils.errors import UserInputError
 
 
 def scheduled(model: SequenceClassifier, max_steps: int) -> tuple[torch.optim.Optimizer, LRScheduler]:

@@ -28,7 +28,7 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback
 
 from src.cli import ReviewClassifierCLI, main
-from src.data import YelpReviewDataModule
+from src.data import TextClassificationDataModule
 from src.model import SequenceClassifier
 from tests.cli_helpers import run_cli, scalars, tiny_run_args
 from tests.fixtures import write_dataset, write_tiny_bert, yelp_like_split
@@ -211,7 +211,7 @@ def test_interrupted_checkpoint_write_leaves_the_previous_checkpoint(
         stage = Path(stage_dir)
         monkeypatch.setattr(tempfile, "tempdir", stage_dir)
         monkeypatch.chdir(tmp_path)
-        cli = ReviewClassifierCLI(SequenceClassifier, YelpReviewDataModule, run=False,
+        cli = ReviewClassifierCLI(SequenceClassifier, TextClassificationDataModule, run=False,
                                   args=tiny_run_args(tiny_bert, tiny_yelp))
         checkpoint_io = cli.trainer.strategy.checkpoint_io  # what the CLI's Trainer writes checkpoints with
         target = tmp_path / "checkpoints" / "last.ckpt"

@@ -9,10 +9,11 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from transformers import BertConfig, BertForSequenceClassification
 
-from src import throughput
-from src.data import YelpReviewDataModule
+from src.callbacks.throughput_monitor import ThroughputMonitor
+from src.data import TextClassificationDataModule
 from src.model import SequenceClassifier
-from src.throughput import Counts, FlopModel, ThroughputMonitor, lookup_peak_flops, throughput_metrics
+from src.utils import flops
+from src.utils.flops import Counts, FlopModel, lookup_peak_flops, throughput_metrics
 
 RATE_KEYS = ("samples_per_sec", "real_tokens_per_sec", "padded_tokens_per_sec", "padding_ratio", "sec_per_step",
              "tflops_per_device")
@@ -72,23 +73,23 @@ def test_flop_model_of_a_small_bert() -> None:
     ("NVIDIA H20", "bf16-mixed", None),  # not an H200
 ])
 def test_peak_flops_table(name: str, precision: str, expected: float | None) -> None:
-    assert lookup_peak_flops(name, throughput.matmul_dtype(precision)) == expected
+    assert lookup_peak_flops(name, flops.matmul_dtype(precision)) == expected
 
 
 def test_peak_flops_per_device(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert throughput.peak_flops_per_device(torch.device("cpu"), "32-true") is None
+    assert flops.peak_flops_per_device(torch.device("cpu"), "32-true") is None
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA A100-SXM4-80GB")
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
-    monkeypatch.setattr(throughput, "_tf32_enabled", lambda: True)
-    assert throughput.peak_flops_per_device(torch.device("cuda", 0), "32-true") == 156e12  # TF32 tensor cores
+    monkeypatch.setattr(flops, "_tf32_enabled", lambda: True)
+    assert flops.peak_flops_per_device(torch.device("cuda", 0), "32-true") == 156e12  # TF32 tensor cores
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")  # not ours: Lightning's
-    assert throughput.peak_flops_per_device(torch.device("cuda", 0), "16-mixed") == 65e12
+    assert flops.peak_flops_per_device(torch.device("cuda", 0), "16-mixed") == 65e12
 
 
 def _fit(tmp_path: Path, tiny_bert: Path, tiny_yelp: Path, padding: str, monitor: ThroughputMonitor,
          **trainer_kwargs) -> tuple[pl.Trainer, dict[str, list[float]]]:
     """A tiny CPU fit: 48 training rows in 6 batches of 8 per epoch, validation of 16 rows after each epoch."""
-    data = YelpReviewDataModule(dataset=str(tiny_yelp), tokenizer_name_or_path=str(tiny_bert), max_length=64,
+    data = TextClassificationDataModule(dataset=str(tiny_yelp), tokenizer_name_or_path=str(tiny_bert), max_length=64,
                                 padding=padding, batch_size=8, train_size=48, eval_size=16)
     model = SequenceClassifier(model_name_or_path=str(tiny_bert))
     trainer = pl.Trainer(logger=TensorBoardLogger(tmp_path / padding), log_every_n_steps=1, accelerator="cpu",

@@ -1,4 +1,4 @@
-"""Properties of `YelpReviewDataModule` on the tiny offline fixtures: tokenization and padding, seeded subsets
+"""Properties of `TextClassificationDataModule` on the tiny offline fixtures: tokenization and padding, seeded subsets
 (the HF tutorial's draw), the validation carve, the tokenized cache, input errors and prediction files.
 
 Data modules run without a Trainer (one process, CPU). The tokenized splits keep `idx` (position in the drawn
@@ -18,8 +18,8 @@ import pytest
 import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from src.data import YelpReviewDataModule
-from src.errors import UserInputError
+from src.data import TextClassificationDataModule
+from src.utils.errors import UserInputError
 from tests.fixtures import LABEL_NAMES, STAR_WORDS, write_dataset, yelp_like_split
 
 MAX_LENGTH = 128  # the tiny BERT's positions: no review in the fixture is truncated at this length
@@ -43,12 +43,14 @@ def test_tiny_bert_tokenizer_knows_words(tiny_bert: Path) -> None:
     assert tokenizer.convert_ids_to_tokens(ids) == ["awful", "food", "superb"]
 
 
-def make_dm(dataset: Path | str, tokenizer_dir: Path | str, **kwargs: Any) -> YelpReviewDataModule:
+def make_dm(dataset: Path | str, tokenizer_dir: Path | str, **kwargs: Any) -> TextClassificationDataModule:
     kwargs.setdefault("max_length", MAX_LENGTH)
-    return YelpReviewDataModule(dataset=str(dataset), tokenizer_name_or_path=str(tokenizer_dir), **kwargs)
+    return TextClassificationDataModule(dataset=str(dataset), tokenizer_name_or_path=str(tokenizer_dir), **kwargs)
 
 
-def prepared(dataset: Path | str, tokenizer_dir: Path | str, stage: str = "fit", **kwargs: Any) -> YelpReviewDataModule:
+def prepared(
+    dataset: Path | str, tokenizer_dir: Path | str, stage: str = "fit", **kwargs: Any
+) -> TextClassificationDataModule:
     dm = make_dm(dataset, tokenizer_dir, **kwargs)
     dm.prepare_data()
     dm.setup(stage)
@@ -59,7 +61,7 @@ def ids_of(texts: list[str], tokenizer: PreTrainedTokenizerBase, max_length: int
     return [tuple(ids) for ids in tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]]
 
 
-def split_ids(dm: YelpReviewDataModule, name: str) -> list[Ids]:
+def split_ids(dm: TextClassificationDataModule, name: str) -> list[Ids]:
     return [tuple(ids) for ids in dm.splits[name]["input_ids"]]
 
 
@@ -210,23 +212,23 @@ def test_cache_reused_and_keyed_on_max_length_and_draw(
     first = prepared(tiny_yelp, tiny_bert, cache_dir=str(cache), train_size=60)
     assert len(cache_dirs(cache)) == 1
 
-    tokenize = YelpReviewDataModule._tokenize
+    tokenize = TextClassificationDataModule._tokenize
     calls: list[int] = []
 
-    def must_not_tokenize(self: YelpReviewDataModule, sources: dict) -> datasets.DatasetDict:
+    def must_not_tokenize(self: TextClassificationDataModule, sources: dict) -> datasets.DatasetDict:
         raise AssertionError("tokenized again although the cache exists")
 
-    monkeypatch.setattr(YelpReviewDataModule, "_tokenize", must_not_tokenize)
+    monkeypatch.setattr(TextClassificationDataModule, "_tokenize", must_not_tokenize)
     second = prepared(tiny_yelp, tiny_bert, cache_dir=str(cache), train_size=60)
     assert len(cache_dirs(cache)) == 1
     for name in ("train", "validation", "test"):
         assert split_ids(second, name) == split_ids(first, name)
 
-    def counting(self: YelpReviewDataModule, sources: dict) -> datasets.DatasetDict:
+    def counting(self: TextClassificationDataModule, sources: dict) -> datasets.DatasetDict:
         calls.append(1)
         return tokenize(self, sources)
 
-    monkeypatch.setattr(YelpReviewDataModule, "_tokenize", counting)
+    monkeypatch.setattr(TextClassificationDataModule, "_tokenize", counting)
     shorter = prepared(tiny_yelp, tiny_bert, cache_dir=str(cache), train_size=60, max_length=16)
     assert len(calls) == 1 and len(cache_dirs(cache)) == 2
     assert max(shorter.splits["train"]["length"]) == 16

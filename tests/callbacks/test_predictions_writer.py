@@ -10,9 +10,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from src.data import YelpReviewDataModule
+from src.callbacks.predictions_writer import PredictionsWriter
+from src.data import TextClassificationDataModule
 from src.model import SequenceClassifier
-from src.predictions import PredictionsWriter
 from tests.cli_helpers import REPO, run_cli, tiny_run_args
 
 # the CLI may register the writer itself; add it only where it does not, so each run writes one file
@@ -57,7 +57,7 @@ def check_rows(rows: list[dict], texts: list[str]) -> None:
 def test_predict_test_split_writes_rows_in_input_order(checkpoint: Path, tiny_bert: Path, tiny_yelp: Path) -> None:
     path = predict(checkpoint, tiny_bert, tiny_yelp)
     assert path.parent == checkpoint.parents[1]  # into the checkpoint's run directory
-    data = YelpReviewDataModule(dataset=str(tiny_yelp), tokenizer_name_or_path=str(tiny_bert), max_length=64,
+    data = TextClassificationDataModule(dataset=str(tiny_yelp), tokenizer_name_or_path=str(tiny_bert), max_length=64,
                                 train_size=80, eval_size=41)
     texts = data.predict_texts()
     assert len(texts) == 41
@@ -79,7 +79,7 @@ def test_predict_file_single_process_and_ddp_agree(
 
     # the probabilities are the model's for each text: a plain forward pass agrees row by row
     module = SequenceClassifier.load_from_checkpoint(checkpoint, map_location="cpu").eval()
-    data = YelpReviewDataModule(tokenizer_name_or_path=str(tiny_bert), max_length=64)
+    data = TextClassificationDataModule(tokenizer_name_or_path=str(tiny_bert), max_length=64)
     with torch.no_grad():
         expected = module(dict(data.tokenizer(texts, padding=True, truncation=True, max_length=64,
                                               return_tensors="pt"))).softmax(-1)

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from src.errors import UserInputError
+from src.utils.errors import UserInputError
 
 PACKAGE_PREFIX = "package:"
 T = TypeVar("T")

@@ -14,17 +14,12 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
-from src.data import YelpReviewDataModule
+from src.callbacks.eval_report import EvalReport
+from src.callbacks.run_report import RunReport
+from src.data import TextClassificationDataModule
 from src.model import SequenceClassifier
-from src.reporting import (
-    EvalReport,
-    RunReport,
-    confusion_image,
-    confusion_markdown,
-    format_table,
-    precision_recall,
-    print_run_summary,
-)
+from src.utils.confusion import confusion_image, confusion_markdown, precision_recall
+from src.utils.summary import format_table, print_run_summary
 from tests.cli_helpers import scalars
 
 NAMES = ["1 star", "2 stars", "3 stars", "4 stars", "5 stars"]
@@ -36,7 +31,7 @@ def reported_run(tiny_bert: Path, tiny_yelp: Path, tmp_path_factory: pytest.Temp
     root = tmp_path_factory.mktemp("reporting")
     pl.seed_everything(0)
     model = SequenceClassifier(str(tiny_bert), lr=1e-3)
-    data = YelpReviewDataModule(str(tiny_yelp), str(tiny_bert), max_length=64, batch_size=8, train_size=40,
+    data = TextClassificationDataModule(str(tiny_yelp), str(tiny_bert), max_length=64, batch_size=8, train_size=40,
                                 eval_size=20, cache_dir=str(root / "cache"))
     checkpoint = ModelCheckpoint(monitor="val/acc", mode="max")
     trainer = pl.Trainer(

@@ -1,6 +1,7 @@
 """A DataLoader whose position inside the epoch is saved in checkpoints and restored on resume.
 
-`YelpReviewDataModule.state_dict` puts this loader's `state_dict()` in every checkpoint and hands it back on resume
+`TextClassificationDataModule.state_dict` puts this loader's `state_dict()` in every checkpoint and hands it
+back on resume
 (Lightning's own stateful-loader restore comes too late when `configure_optimizers` reads
 `estimated_stepping_batches`). We count the batches the training loop has *received* (not what the sampler
 produced, which runs ahead with workers/prefetch), so a resumed run skips exactly those batches and then sees
@@ -13,7 +14,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from src.sampler import TrainBatchSampler
+from src.data.samplers import TrainBatchSampler
 
 
 class ResumableDataLoader(DataLoader):

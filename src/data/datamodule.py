@@ -1,4 +1,4 @@
-"""`YelpReviewDataModule`: load a review dataset, check it, tokenize it once, cache it, serve batches.
+"""`TextClassificationDataModule`: load a review dataset, check it, tokenize it once, cache it, serve batches.
 
 Flow: `prepare_data` (one process per node) loads the raw dataset with `load_dataset` (a hub id or a local
 dir / data files: the same call), checks columns and labels, draws the train/validation/test splits,
@@ -25,16 +25,16 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 from transformers import AutoTokenizer, DataCollatorWithPadding, PreTrainedTokenizerBase
 
-from src.errors import UserInputError
-from src.pretrained import load_pretrained
-from src.resumable_loader import ResumableDataLoader
-from src.sampler import EvalBatchSampler, TrainBatchSampler
+from src.data.resumable_loader import ResumableDataLoader
+from src.data.samplers import EvalBatchSampler, TrainBatchSampler
+from src.utils.errors import UserInputError
+from src.utils.pretrained import load_pretrained
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 PREDICT_FILE_LOADERS = {".txt": "text", ".csv": "csv", ".jsonl": "json", ".json": "json"}
 
 
-class YelpReviewDataModule(pl.LightningDataModule):
+class TextClassificationDataModule(pl.LightningDataModule):
     """Review text + star label, tokenized for a sequence classifier.
 
     Args:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from src.errors import UserInputError
+from src.utils.errors import UserInputError
 
 
 def newest_run_checkpoint(log_root: Path, experiment: str, which: str) -> Path:

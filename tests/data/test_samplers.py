@@ -6,8 +6,8 @@ from collections import Counter
 import pytest
 import torch
 
-from src.resumable_loader import ResumableDataLoader
-from src.sampler import EvalBatchSampler, TrainBatchSampler
+from src.data.resumable_loader import ResumableDataLoader
+from src.data.samplers import EvalBatchSampler, TrainBatchSampler
 
 Batches = list[list[int]]
 
