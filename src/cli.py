@@ -1,37 +1,38 @@
 """Command line: `python -m src.cli {fit,validate,test,predict} --config configs/X.yaml [--section.key value]`.
 
-Defaults added here: TensorBoard logging under `logs/<experiment>/version_N/` (with the run's config.yaml and
-checkpoints/), best-by-`val/acc` and last checkpoints, a learning-rate monitor, and `seed_everything: 42`.
+Every command starts from configs/defaults.yaml (logger, callbacks, checkpoint IO, optimizer), then the given
+configs and flags. Added here: argument links (the model is named once), the best checkpoint (`checkpoint`) and
+last.ckpt (`periodic_checkpoint`) sections, and run directories you can trust:
+- `fit --ckpt_path last|best|FILE` resumes into the checkpoint's run directory (its config.yaml is kept; the
+  resumed run's config goes beside it);
+- validate/test/predict on a run's checkpoint write into `RUN_DIR/eval/<command>_<time>/`, so the training
+  curves, config and checkpoints of the run are never touched.
 """
 
 import logging
 import os
+import shutil
 import sys
+import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch import Trainer
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
-from src.callbacks.eval_report import EvalReport
 from src.callbacks.last_checkpoint import LastCheckpoint
-from src.callbacks.predictions_writer import PredictionsWriter
-from src.callbacks.rng_state_checkpoint import RngStateCheckpoint
-from src.callbacks.run_report import RunReport
-from src.callbacks.throughput_monitor import ThroughputMonitor
 from src.data import TextClassificationDataModule
 from src.export import export_checkpoint
 from src.model import NonFiniteLossError, SequenceClassifier
-from src.utils.checkpoint_io import AtomicCheckpointIO
+from src.utils.checkpoint_io import load_checkpoint
 from src.utils.errors import UserInputError
-from src.utils.runs import newest_run_checkpoint, run_dir_of
+from src.utils.runs import VERSION, eval_version, newest_run_checkpoint, run_dir_of
 from src.utils.summary import print_run_summary
 
-TENSORBOARD = "lightning.pytorch.loggers.TensorBoardLogger"
+DEFAULTS = Path(__file__).resolve().parents[1] / "configs" / "defaults.yaml"
+SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
 
 class QuietUsageParser(LightningArgumentParser):
@@ -41,108 +42,138 @@ class QuietUsageParser(LightningArgumentParser):
         pass
 
 
+class KeepConfigCallback(SaveConfigCallback):
+    """Never rewrites a run's config.yaml: a resumed fit records its own config beside it."""
+
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        if trainer.log_dir and (Path(trainer.log_dir) / self.config_filename).exists():
+            self.config_filename = f"config.resumed-{time.strftime('%Y%m%d-%H%M%S')}.yaml"
+        super().setup(trainer, pl_module, stage)
+
+
 class ReviewClassifierCLI(LightningCLI):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.new_run_dir: Path | None = None  # made by this command; removed again if it fails on bad input
+        try:
+            super().__init__(*args, **kwargs)
+        except UserInputError:
+            if self.new_run_dir is not None and not any(self.new_run_dir.glob("checkpoints/*.ckpt")):
+                shutil.rmtree(self.new_run_dir, ignore_errors=True)
+            raise
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("model.model_name_or_path", "data.tokenizer_name_or_path")
         parser.link_arguments("data.num_labels", "model.num_labels")
         parser.link_arguments("seed_everything", "data.seed")
+        # named sections, in this order: last.ckpt must be written after the best checkpoint is chosen
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults({
             "checkpoint.monitor": "val/acc",
             "checkpoint.mode": "max",
             "checkpoint.filename": "epoch{epoch}-step{step}-val_acc{val/acc:.4f}",
             "checkpoint.auto_insert_metric_name": False,
-            "checkpoint.save_last": False,  # periodic_checkpoint writes last.ckpt
             "checkpoint.enable_version_counter": False,
         })
-        # last.ckpt, for resuming, is this callback's alone: written every N optimizer steps (0 = only after
-        # validation), after every validation and when training ends, so it always holds the newest state
         parser.add_lightning_class_args(LastCheckpoint, "periodic_checkpoint")
-        parser.set_defaults({
-            "periodic_checkpoint.every_n_train_steps": 500,
-            "periodic_checkpoint.save_top_k": 0,
-            "periodic_checkpoint.save_last": True,
-            "periodic_checkpoint.enable_version_counter": False,
-        })
-        parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
-        parser.set_defaults({"lr_monitor.logging_interval": "step"})
-        # TensorBoard beyond loss curves: confusion matrices and per-class precision/recall (eval_report); a run
-        # summary text, the running best score and an HPARAMS tab with real metrics (run_report)
-        parser.add_lightning_class_args(EvalReport, "eval_report")
-        parser.add_lightning_class_args(RunReport, "run_report")
-        parser.link_arguments("checkpoint.monitor", "run_report.monitor")
-        parser.link_arguments("checkpoint.mode", "run_report.mode")
-        # `predict` writes RUN_DIR/predictions.jsonl (predictions.output_format: csv for a CSV file)
-        parser.add_lightning_class_args(PredictionsWriter, "predictions")
-        parser.add_lightning_class_args(ThroughputMonitor, "throughput")
         parser.add_argument("--test_after_fit", type=bool, default=False,
                             help="fit: afterwards, test the best checkpoint on the test split")
         parser.add_argument("--export_best", type=bool, default=False,
                             help="fit: afterwards, export the best checkpoint as a HF model to RUN_DIR/hf_model")
-        # plain tqdm lines read well in cluster job logs; configs/progress/rich.yaml switches to Rich
-        parser.add_lightning_class_args(ProgressBar, "progress_bar", subclass_mode=True, required=False)
-        parser.set_defaults({"progress_bar": {"class_path": "lightning.pytorch.callbacks.TQDMProgressBar"}})
 
     def _parse_ckpt_path(self) -> None:
-        """No-op. Lightning would overwrite the model's config with the hyperparameters stored in an explicit
-        `--ckpt_path` file, silently ignoring the config and command line (a moved model dir, another num_labels;
-        Lightning PR #21455) and not doing so for `last`/`best`. Here the config always decides, and
-        `after_instantiate_classes` refuses a checkpoint whose weights do not fit the configured model."""
+        """No-op (overrides a private LightningCLI hook; Lightning PR #21455). Lightning would replace the config
+        with the hyperparameters stored in an explicit `--ckpt_path` file, silently ignoring the config and command
+        line. Here the config decides; `after_instantiate_classes` refuses a checkpoint that does not fit."""
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config  # run=False: no subcommand
-        if config.trainer.get("enable_progress_bar") is False:
-            config.progress_bar = None
+        trainer = config.trainer
+        if self.subcommand == "fit":
+            for key in ("max_epochs", "max_steps"):
+                if trainer.get(key) == 0 or (trainer.get(key) or -1) < -1:
+                    raise UserInputError(f"trainer.{key}={trainer.get(key)} trains nothing: set it to 1 or more "
+                                         "(or -1 for no limit)")
+        logger = trainer.get("logger")
+        logger_args = logger.init_args if logger not in (None, True, False) and "init_args" in logger else None
         ckpt_path = config.get("ckpt_path")
-        logger = config.trainer.get("logger")
-        tensorboard = logger is not None and not isinstance(logger, bool) and logger.class_path == TENSORBOARD
-        if ckpt_path in ("last", "best") and tensorboard:
-            experiment = logger.init_args.name
-            config.ckpt_path = str(newest_run_checkpoint(Path(logger.init_args.save_dir), experiment, ckpt_path))
+        if ckpt_path in ("last", "best"):
+            if logger_args is None or "save_dir" not in logger_args:
+                raise UserInputError(f"--ckpt_path {ckpt_path} finds runs through the logger's save_dir/name: set "
+                                     "a logger (the default TensorBoard one) or pass a checkpoint file")
+            config.ckpt_path = str(newest_run_checkpoint(Path(logger_args.save_dir), logger_args.name, ckpt_path))
             print(f"--ckpt_path {ckpt_path}: {config.ckpt_path}")
-        elif ckpt_path and not Path(ckpt_path).is_file() and ckpt_path not in ("last", "best", "hpc", "registry"):
+        elif ckpt_path and not Path(ckpt_path).is_file():
             raise UserInputError(f"checkpoint '{ckpt_path}' does not exist: pass a .ckpt file, 'last' or 'best'")
         run_dir = run_dir_of(Path(config.ckpt_path)) if config.get("ckpt_path") else None
-        if run_dir is not None and tensorboard:  # keep writing into the checkpoint's run directory
-            logger.init_args.save_dir = str(run_dir.parent.parent)
-            logger.init_args.name = run_dir.parent.name
-            logger.init_args.version = run_dir.name
+        if run_dir is not None and logger_args is not None and {"save_dir", "name", "version"} <= set(vars(logger_args)):
+            if self.subcommand == "fit":  # keep writing into the checkpoint's run directory
+                number = VERSION.fullmatch(run_dir.name)
+                logger_args.save_dir, logger_args.name = str(run_dir.parent.parent), run_dir.parent.name
+                logger_args.version = int(number.group(1)) if number else run_dir.name
+            else:  # an eval run of its own, beside the training run's files
+                logger_args.save_dir, logger_args.name = str(run_dir), "eval"
+                logger_args.version = eval_version(run_dir, self.subcommand)
+        if logger_args is not None and "save_dir" in logger_args:
+            _check_writable(Path(logger_args.save_dir))
 
     def after_instantiate_classes(self) -> None:
         # before anything runs or is written (config.yaml, events): a checkpoint of another model fails here
         ckpt_path = self.config[self.subcommand].get("ckpt_path") if self.subcommand else None
-        if ckpt_path and Path(ckpt_path).is_file():
-            self.model.check_checkpoint_fits(torch.load(ckpt_path, map_location="cpu", mmap=True, weights_only=True))
-
-    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        trainer = super().instantiate_trainer(**kwargs)
-        trainer.callbacks = [
-            callback for callback in trainer.callbacks
-            if callback is not None  # progress_bar: null
-            and not (isinstance(callback, LearningRateMonitor) and not trainer.loggers)  # --trainer.logger false
-        ]
-        trainer.callbacks.insert(0, RngStateCheckpoint())  # exact resume: dropout continues its random stream
-        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # Lightning's default; keep a user's plugin
-            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
-        return trainer
+        if ckpt_path:
+            self.model.check_checkpoint_fits(load_checkpoint(ckpt_path))
+        log_dir = self.trainer.log_dir if self.subcommand else None  # before DDP starts: no collective yet
+        if log_dir and not Path(log_dir).exists():
+            self.new_run_dir = Path(log_dir)
 
     def after_fit(self) -> None:
-        if self.config.fit.test_after_fit:
-            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path="best")
-        log_dir = self.trainer.log_dir  # a collective under DDP: every rank must ask
-        best = self.trainer.checkpoint_callback.best_model_path if self.trainer.checkpoint_callback else ""
+        trainer = self.trainer
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        if self.config.fit.test_after_fit:  # fast_dev_run saves no checkpoint: then the weights in memory
+            trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)
+        log_dir = trainer.log_dir  # a collective under DDP: every rank must ask
         exported = None
-        if self.config.fit.export_best and self.trainer.is_global_zero and best and log_dir:
+        if self.config.fit.export_best and trainer.is_global_zero and best and log_dir:
             exported = export_checkpoint(best, Path(log_dir) / "hf_model")
             print(f"Exported the best checkpoint to {exported}")
-        print_run_summary(self.trainer, export_path=exported, log_dir=log_dir)
-        if self.trainer.is_global_zero and log_dir and isinstance(self.trainer.logger, TensorBoardLogger):
+        if trainer.fast_dev_run:
+            return  # nothing was saved or logged
+        print_run_summary(trainer, export_path=exported, log_dir=log_dir)
+        if trainer.is_global_zero and log_dir:
             print(f"\nRun directory: {log_dir}\nView it: tensorboard --logdir {Path(log_dir).parent.parent}")
+
+
+def _check_writable(directory: Path) -> None:
+    """Fail before loading the model when runs cannot be written (read-only disk, a file in the way)."""
+    existing = next(p for p in (directory, *directory.parents) if p.exists())
+    if not existing.is_dir():
+        raise UserInputError(f"logger save_dir '{directory}': '{existing}' is a file, not a directory: "
+                             "pass another --trainer.logger.init_args.save_dir")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserInputError(f"logger save_dir '{directory}' cannot be written ('{existing}' is read-only for "
+                             "you): pass a writable --trainer.logger.init_args.save_dir")
+
+
+class _DropNoise(logging.Filter):
+    """Lines a user cannot act on: Lightning's litlogger advert and the model summary's `Total FLOPs: 0`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "litlogger" in message:
+            return False
+        if "Total FLOPs" in message:
+            record.msg, record.args = "\n".join(line for line in message.splitlines() if "Total FLOPs" not in line), ()
+        return True
 
 
 def main(args: list[str] | None = None) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the data module parallelises tokenization itself
     logging.getLogger("transformers").setLevel(logging.ERROR)  # load reports a user cannot act on
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        for logger in (logging.getLogger(name), *logging.getLogger(name).handlers):
+            logger.addFilter(_DropNoise())
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # torch deprecation inside Lightning's _pytree
+    # EvalBatchSampler yields every row exactly once (tested), which Lightning cannot know of a custom sampler
+    warnings.filterwarnings("ignore", message="You are using a custom batch sampler")
     torch.set_float32_matmul_precision("high")  # TF32 matmuls on Ampere+ GPUs for fp32 runs; no effect on CPU
     try:
         ReviewClassifierCLI(
@@ -150,11 +181,8 @@ def main(args: list[str] | None = None) -> None:
             TextClassificationDataModule,
             seed_everything_default=42,
             parser_class=QuietUsageParser,
-            save_config_kwargs={"overwrite": True},
-            trainer_defaults={
-                "logger": {"class_path": TENSORBOARD, "init_args": {"save_dir": "logs", "name": "default"}},
-                "use_distributed_sampler": False,
-            },
+            parser_kwargs={command: {"default_config_files": [str(DEFAULTS)]} for command in SUBCOMMANDS},
+            save_config_callback=KeepConfigCallback,
             args=args,
         )
     except (UserInputError, NonFiniteLossError) as err:

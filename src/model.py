@@ -1,23 +1,39 @@
-"""`SequenceClassifier`: a Hugging Face sequence classifier trained with AdamW and a linear warmup schedule."""
+"""`SequenceClassifier`: a Hugging Face sequence classifier, its loss and metrics, its optimizer and schedule.
+
+Optimizer and schedule come from the config: `model.optimizer` (any `torch.optim` class with its arguments, default
+fused AdamW) and `model.scheduler` (a `transformers.get_scheduler` name, default linear with optional warmup).
+"""
 
 import math
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from torchmetrics import MeanMetric, MetricCollection
-from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
-from transformers import AutoModelForSequenceClassification, get_linear_schedule_with_warmup
+from lightning.pytorch.cli import OptimizerCallable
+from torchmetrics import ClasswiseWrapper, MaxMetric, MeanMetric, MetricCollection
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassF1Score,
+    MulticlassPrecision,
+    MulticlassRecall,
+)
+from transformers import AutoModelForSequenceClassification, SchedulerType, get_scheduler
 
 from src.utils.errors import UserInputError
 from src.utils.pretrained import load_pretrained
 
 LABEL_KEYS = ("labels", "idx", "length")
+SCHEDULERS = tuple(s.value for s in SchedulerType if s.value != "reduce_lr_on_plateau")  # step-wise schedules
 
 
 def star_label_names(num_labels: int) -> list[str]:
     """'1 star', '2 stars', ... — the meaning of yelp_review_full's labels 0..4."""
     return [f"{i} star" if i == 1 else f"{i} stars" for i in range(1, num_labels + 1)]
+
+
+def default_optimizer(params: Any) -> torch.optim.Optimizer:
+    """The tutorial's optimizer: AdamW, lr 5e-5; fused kernels (several times faster steps on CUDA and CPU)."""
+    return torch.optim.AdamW(params, lr=5e-5, fused=True)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -28,11 +44,14 @@ class SequenceClassifier(pl.LightningModule):
     """Fine-tunes `AutoModelForSequenceClassification` on `num_labels` classes.
 
     Args:
-        model_name_or_path: hub id, local dir, or `package:MODULE` (see `src.pretrained`).
+        model_name_or_path: hub id, local dir, or `package:MODULE` (see `src.utils.pretrained`).
         num_labels: set from `data.num_labels` by the CLI.
         label_names: class names stored in the HF config (`id2label`); default "1 star".."N stars".
-        lr, weight_decay: AdamW; weight decay skips biases and LayerNorm weights (all 1-D parameters).
-        warmup_steps / warmup_ratio: linear warmup length (give one), then linear decay to 0 at the last step.
+        optimizer: called with the parameter groups; its `lr` and `weight_decay` are the run's. Biases and LayerNorm
+            weights (all 1-D parameters) get no weight decay.
+        scheduler: a `transformers.get_scheduler` name (linear, cosine, constant_with_warmup, ...), stepped every
+            optimizer step; `scheduler_kwargs` go to it (e.g. `num_cycles` for cosine_with_restarts).
+        warmup_steps / warmup_ratio: warmup length (give one), then the schedule's decay to the last step.
         attn_implementation: None lets transformers pick SDPA (fused attention kernels) where the model supports
             it, else eager; or force "sdpa", "eager", "flash_attention_2".
         compile: wrap the HF model in `torch.compile`.
@@ -43,8 +62,9 @@ class SequenceClassifier(pl.LightningModule):
         model_name_or_path: str = "google-bert/bert-base-cased",
         num_labels: int = 5,
         label_names: list[str] | None = None,
-        lr: float = 5e-5,
-        weight_decay: float = 0.0,
+        optimizer: OptimizerCallable = default_optimizer,
+        scheduler: str = "linear",
+        scheduler_kwargs: dict[str, Any] | None = None,
         warmup_steps: int = 0,
         warmup_ratio: float = 0.0,
         attn_implementation: str | None = None,
@@ -56,9 +76,14 @@ class SequenceClassifier(pl.LightningModule):
             raise UserInputError(f"model.label_names has {len(label_names)} names but num_labels={num_labels}")
         if warmup_steps and warmup_ratio:
             raise UserInputError("set model.warmup_steps or model.warmup_ratio, not both")
-        if not 0 <= warmup_ratio < 1:
-            raise UserInputError(f"model.warmup_ratio={warmup_ratio} must be in [0, 1)")
-        self.save_hyperparameters()
+        if warmup_steps < 0 or not 0 <= warmup_ratio < 1:
+            raise UserInputError(f"model.warmup_steps={warmup_steps} must be >= 0 and model.warmup_ratio="
+                                 f"{warmup_ratio} in [0, 1)")
+        if scheduler not in SCHEDULERS:
+            raise UserInputError(f"model.scheduler={scheduler!r} is not a schedule: use one of {', '.join(SCHEDULERS)}")
+        self.save_hyperparameters(ignore=["optimizer"])  # config.yaml records it; a callable does not pickle safely
+        self.hparams["label_names"] = label_names  # the resolved names, for callbacks and exports
+        self.optimizer = optimizer
         self.model = load_pretrained(
             AutoModelForSequenceClassification.from_pretrained,
             model_name_or_path,
@@ -69,19 +94,24 @@ class SequenceClassifier(pl.LightningModule):
             ignore_mismatched_sizes=True,  # a head trained for other labels is re-initialized for these
         )
         self.model.train()  # from_pretrained returns eval mode (dropout off); Lightning keeps a module's mode
-        self.train_metrics = self._metrics("train/")
-        self.val_metrics = self._metrics("val/")
-        self.test_metrics = self._metrics("test/")
+        self.train_metrics = self._metrics("train/", label_names, per_class=False)
+        self.val_metrics = self._metrics("val/", label_names)
+        self.test_metrics = self._metrics("test/", label_names)
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
-        self.val_confusion = MulticlassConfusionMatrix(num_labels)
-        self.test_confusion = MulticlassConfusionMatrix(num_labels)
+        self.val_acc_best = MaxMetric()
+        self.val_acc_best.persistent(True)  # a resumed run keeps its best score
 
-    def _metrics(self, prefix: str) -> MetricCollection:
-        n = self.hparams.num_labels
-        return MetricCollection(
-            {"acc": MulticlassAccuracy(n, average="micro"), "f1_macro": MulticlassF1Score(n, average="macro")},
-            prefix=prefix,
-        )
+    @staticmethod
+    def _metrics(prefix: str, names: list[str], per_class: bool = True) -> MetricCollection:
+        n = len(names)
+        metrics: dict[str, Any] = {
+            "acc": MulticlassAccuracy(n, average="micro"),
+            "f1_macro": MulticlassF1Score(n, average="macro"),
+        }
+        if per_class:  # logged as <stage>/precision/<label name>, <stage>/recall/<label name>
+            metrics["precision"] = ClasswiseWrapper(MulticlassPrecision(n, average=None), names, prefix="precision/")
+            metrics["recall"] = ClasswiseWrapper(MulticlassRecall(n, average=None), names, prefix="recall/")
+        return MetricCollection(metrics, prefix=prefix)
 
     def check_checkpoint_fits(self, checkpoint: dict[str, Any]) -> None:
         """Refuse, in one line, a checkpoint whose weights do not fit this model (another model or num_labels)."""
@@ -137,12 +167,13 @@ class SequenceClassifier(pl.LightningModule):
             self.log_dict(metrics)
             self.train_metrics.reset()
 
-    def _eval_step(self, batch: dict[str, torch.Tensor], stage: str) -> None:
+    def _eval_step(self, batch: dict[str, torch.Tensor], stage: str) -> dict[str, torch.Tensor]:
+        """Returns predictions and labels, for callbacks that report on them (confusion matrices)."""
         logits = self(batch)
         labels = batch["labels"]
         getattr(self, f"{stage}_loss").update(self._loss(logits, labels), weight=len(labels))
         getattr(self, f"{stage}_metrics").update(logits, labels)
-        getattr(self, f"{stage}_confusion").update(logits, labels)
+        return {"preds": logits.argmax(dim=-1), "labels": labels}
 
     def _log_eval_epoch(self, stage: str) -> None:
         """Log exact epoch metrics: torchmetrics syncs the states across ranks, each example counted once."""
@@ -150,17 +181,20 @@ class SequenceClassifier(pl.LightningModule):
         metrics = getattr(self, f"{stage}_metrics").compute()
         self.log(f"{stage}/acc", metrics.pop(f"{stage}/acc"), prog_bar=True)
         self.log_dict(metrics)
-        for metric in ("loss", "metrics", "confusion"):  # callbacks have read the confusion matrix by now
-            getattr(self, f"{stage}_{metric}").reset()
+        if stage == "val" and not self.trainer.sanity_checking:
+            self.val_acc_best.update(self.trainer.callback_metrics["val/acc"])
+            self.log("val/acc_best", self.val_acc_best.compute())
+        getattr(self, f"{stage}_loss").reset()
+        getattr(self, f"{stage}_metrics").reset()
 
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._eval_step(batch, "val")
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
+        return self._eval_step(batch, "val")
 
     def on_validation_epoch_end(self) -> None:
         self._log_eval_epoch("val")
 
-    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._eval_step(batch, "test")
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
+        return self._eval_step(batch, "test")
 
     def on_test_epoch_end(self) -> None:
         self._log_eval_epoch("test")
@@ -169,16 +203,23 @@ class SequenceClassifier(pl.LightningModule):
         probs = self(batch).float().softmax(dim=-1)
         return {"idx": batch["idx"], "label": probs.argmax(dim=-1), "probs": probs}
 
-    def configure_optimizers(self) -> dict[str, Any]:
-        hp = self.hparams
-        params = [p for p in self.parameters() if p.requires_grad]
-        groups = [
-            {"params": [p for p in params if p.ndim >= 2], "weight_decay": hp.weight_decay},
-            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},  # biases, LayerNorm weights
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """Trainable parameters in named groups (names label the learning-rate curves); 1-D ones get no decay."""
+        params = [(name, p) for name, p in self.named_parameters() if p.requires_grad]
+        return [
+            {"name": "decay", "params": [p for _, p in params if p.ndim >= 2]},
+            {"name": "no_decay", "params": [p for _, p in params if p.ndim < 2], "weight_decay": 0.0},
         ]
-        # fused kernels: several times faster optimizer steps on CUDA and on CPU (torch >= 2.4)
-        optimizer = torch.optim.AdamW(groups, lr=hp.lr, fused=self.device.type in ("cuda", "cpu"))
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = self.optimizer(self.parameter_groups())
+        for group in optimizer.param_groups:
+            if group["lr"] < 0 or group.get("weight_decay", 0) < 0:
+                raise UserInputError(f"model.optimizer: lr={group['lr']} and weight_decay={group.get('weight_decay')}"
+                                     " must be >= 0")
         total_steps = int(self.trainer.estimated_stepping_batches)
+        hp = self.hparams
         warmup = hp.warmup_steps or math.ceil(hp.warmup_ratio * total_steps)
-        scheduler = get_linear_schedule_with_warmup(optimizer, warmup, total_steps)
+        scheduler = get_scheduler(hp.scheduler, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps,
+                                  scheduler_specific_kwargs=hp.scheduler_kwargs)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,48 +1,59 @@
-"""`EvalReport`: the per-class view of every validation epoch and of test, in TensorBoard and every logger.
+"""`EvalReport`: the confusion matrix of every validation epoch and of test, as an image and a markdown table.
 
-Logs the confusion matrix as an image and as a markdown table, and per-class precision/recall scalars
-(`val/precision/<label name>`, `test/recall/...`). Images are drawn with Pillow (a tensorboard dependency).
+It counts from what `validation_step` / `test_step` return (`preds`, `labels`), in a torchmetrics confusion matrix
+of its own (synced across ranks, each example once). Per-class precision/recall are the module's metrics. Other
+loggers than TensorBoard get nothing from it.
 """
+
+from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
+from torchmetrics.classification import MulticlassConfusionMatrix
 
-from src.callbacks.predictions_writer import label_names
-from src.utils.confusion import confusion_image, confusion_markdown, precision_recall
+from src.utils.confusion import confusion_image, confusion_markdown
 from src.utils.tensorboard import tensorboard_logger
 
 
 class EvalReport(Callback):
-    """Confusion matrix (image + table) and per-class precision/recall for every validation epoch and for test.
+    """Confusion matrix image + table in TensorBoard, per validation epoch (not sanity checks) and per test."""
 
-    Reads the module's `val_confusion` / `test_confusion` metrics: callbacks' epoch-end hooks run before the
-    module's, which resets them. The scalars go to every logger; image and table to TensorBoard.
-    """
+    def __init__(self) -> None:
+        self.confusion: MulticlassConfusionMatrix | None = None
+
+    def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
+        self.names = [str(name) for name in pl_module.hparams["label_names"]]
+        self.confusion = MulticlassConfusionMatrix(len(self.names)).to(pl_module.device)
+
+    def _update(self, trainer: "pl.Trainer", outputs: Any) -> None:
+        if trainer.sanity_checking or not isinstance(outputs, dict) or "preds" not in outputs:
+            return  # a couple of batches from an untrained model say nothing
+        self.confusion.to(outputs["preds"].device).update(outputs["preds"], outputs["labels"])
+
+    def on_validation_batch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", outputs: Any,
+                                batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._update(trainer, outputs)
+
+    def on_test_batch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", outputs: Any,
+                          batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._update(trainer, outputs)
 
     def on_validation_epoch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
-        if not trainer.sanity_checking:  # a couple of batches from an untrained model say nothing
-            self._report(trainer, pl_module, "val")
+        if not trainer.sanity_checking:
+            self._report(trainer, "val")
 
     def on_test_epoch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
-        self._report(trainer, pl_module, "test")
+        self._report(trainer, "test")
 
-    def _report(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
-        confusion = getattr(pl_module, f"{stage}_confusion", None)
-        if confusion is None:
+    def _report(self, trainer: "pl.Trainer", stage: str) -> None:
+        if not self.confusion.update_called:
             return
-        matrix = confusion.compute().cpu()  # syncs across ranks: every rank must call it
-        if not trainer.is_global_zero or matrix.sum() == 0:
+        matrix = self.confusion.compute().cpu()  # syncs across ranks: every rank must call it
+        self.confusion.reset()
+        logger = tensorboard_logger(trainer)
+        if logger is None or not trainer.is_global_zero:
             return
-        names = label_names(pl_module, len(matrix))
-        precision, recall = precision_recall(matrix)
-        metrics = {f"{stage}/precision/{name}": float(p) for name, p in zip(names, precision, strict=True)}
-        metrics.update({f"{stage}/recall/{name}": float(r) for name, r in zip(names, recall, strict=True)})
-        for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=trainer.global_step)
-        if (logger := tensorboard_logger(trainer)) is not None:
-            writer = logger.experiment
-            writer.add_image(f"{stage}/confusion_matrix", confusion_image(matrix, names), trainer.global_step,
-                             dataformats="HWC")
-            writer.add_text(f"{stage}/confusion_matrix", confusion_markdown(matrix, names), trainer.global_step)
-
-
+        writer = logger.experiment
+        writer.add_image(f"{stage}/confusion_matrix", confusion_image(matrix, self.names), trainer.global_step,
+                         dataformats="HWC")
+        writer.add_text(f"{stage}/confusion_matrix", confusion_markdown(matrix, self.names), trainer.global_step)

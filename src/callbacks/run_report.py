@@ -8,11 +8,10 @@ import platform
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.trainer.states import TrainerFn
 from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
 from src.utils.tensorboard import tensorboard_logger
@@ -22,71 +21,42 @@ VERSIONED_PACKAGES = ("torch", "lightning", "transformers", "datasets", "tokeniz
 
 
 class RunReport(Callback):
-    """The run at a glance in TensorBoard: a summary text, the best score so far, and a useful HPARAMS tab.
+    """The run at a glance in TensorBoard: a summary text and an HPARAMS tab that compares runs on real metrics.
 
-    HPARAMS: TensorBoard keeps the FIRST hparams summary it reads in a run directory and ignores later ones,
-    and shows, per declared metric, the last value of the scalar with that tag. Lightning's TensorBoardLogger
-    writes its summary at start with a placeholder metric `hp_metric` = -1 (`default_hp_metric`), so a summary
-    logged at the end of fit would never be shown. This callback therefore turns the placeholder off and writes
-    the summary first, declaring the real metric tags (best and last val/acc, val/loss, test/acc, ...); their
-    values fill in as they are logged, including a later `test` run writing into the same run directory.
+    TensorBoard keeps the first hparams summary of a run directory and shows, per declared metric tag, the last
+    value logged under it. So the logger's placeholder `hp_metric` must be off (`default_hp_metric: false`, set in
+    configs/defaults.yaml), and this summary declares the real tags; their values fill in as they are logged.
 
     Args:
-        monitor, mode: the score whose running best is logged as `<monitor>_best` (what the best checkpoint keeps);
-            None: no best score.
-        metrics: metric tags shown in the HPARAMS tab; default: `<monitor>_best`, `<monitor>`, val/loss, test/acc,
-            test/f1_macro.
+        metrics: metric tags shown in the HPARAMS tab.
     """
 
-    def __init__(self, monitor: str | None = "val/acc", mode: Literal["max", "min"] = "max",
-                 metrics: list[str] | None = None) -> None:
-        self.monitor, self.mode = monitor, mode
-        scores = [f"{monitor}_best", monitor] if monitor else []
-        self.metrics = metrics or list(dict.fromkeys([*scores, "val/acc", "val/loss", "test/acc", "test/f1_macro"]))
-        self.best: float | None = None
-
-    def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
-        logger = tensorboard_logger(trainer)
-        if logger is None:
-            return
-        logger._default_hp_metric = False  # Lightning's placeholder would take the HPARAMS tab (see above)
-        if trainer.is_global_zero:  # Lightning logs hparams after this hook: ours come first
-            exp, ssi, sei = hparams_summaries(tensorboard_hparams(trainer, pl_module), dict.fromkeys(self.metrics, 0))
-            writer = logger.experiment._get_file_writer()
-            for summary in (exp, ssi, sei):
-                writer.add_summary(summary, trainer.global_step)
+    def __init__(self, metrics: list[str] | None = None) -> None:
+        self.metrics = metrics or ["val/acc_best", "val/acc", "val/loss", "test/acc", "test/f1_macro"]
 
     def on_fit_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         logger = tensorboard_logger(trainer)
-        if logger is not None and trainer.is_global_zero:
-            facts = run_facts(trainer, pl_module)
-            facts["run directory"] = logger.log_dir
-            table = ["| | |", "| --- | --- |", *(f"| {key} | {value} |" for key, value in facts.items())]
-            logger.experiment.add_text("run/summary", "\n".join(table), trainer.global_step)
-
-    def on_validation_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
-        score = trainer.callback_metrics.get(self.monitor) if self.monitor else None
-        if trainer.state.fn != TrainerFn.FITTING or trainer.sanity_checking or score is None:
+        if logger is None or not trainer.is_global_zero:
             return
-        score = float(score)
-        if self.best is None or (score > self.best if self.mode == "max" else score < self.best):
-            self.best = score
-        if trainer.is_global_zero:
-            for logger in trainer.loggers:
-                logger.log_metrics({f"{self.monitor}_best": self.best}, step=trainer.global_step)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"best": self.best}  # a resumed run keeps its best score
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.best = state_dict.get("best")
+        facts = run_facts(trainer, pl_module)
+        facts["run directory"] = logger.log_dir
+        table = ["| | |", "| --- | --- |", *(f"| {key} | {value} |" for key, value in facts.items())]
+        logger.experiment.add_text("run/summary", "\n".join(table), trainer.global_step)
+        if trainer.global_step == 0:  # a resumed run has its summary already
+            exp, ssi, sei = hparams_summaries(tensorboard_hparams(trainer, pl_module), dict.fromkeys(self.metrics, 0))
+            for summary in (exp, ssi, sei):
+                logger.experiment.file_writer.add_summary(summary, trainer.global_step)
 
 
 def tensorboard_hparams(trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> dict[str, Any]:
-    """The module's and data module's init arguments, as Lightning logs them, in types TensorBoard can show."""
+    """The module's and data module's init arguments and the optimizer's, in types TensorBoard can show."""
     params = dict(pl_module.hparams_initial)
     if trainer.datamodule is not None:
         params.update(trainer.datamodule.hparams_initial)
+    if trainer.optimizers:  # the optimizer is a config choice, not a hyperparameter of the module
+        optimizer = trainer.optimizers[0]
+        params["optimizer"] = type(optimizer).__name__
+        params.update({key: optimizer.defaults[key] for key in ("lr", "weight_decay") if key in optimizer.defaults})
     return {key: value if isinstance(value, (bool, int, float, str)) else str(value)
             for key, value in params.items() if not key.startswith("_")}  # LightningCLI's _class_path, ...
 

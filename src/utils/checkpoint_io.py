@@ -7,6 +7,7 @@ last.ckpt: a kill or a full disk during the copy leaves it truncated, and the ru
 """
 
 import io
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from src.utils.atomic import atomic_write
+from src.utils.errors import UserInputError
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -27,3 +29,16 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         torch.save(checkpoint, buffer)  # serialization errors surface before anything on disk changes
         with atomic_write(Path(path)) as temp:
             temp.write_bytes(buffer.getbuffer())
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint safely (`weights_only`: nothing in it gets to run code); a damaged file is a user error."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise UserInputError(f"could not read checkpoint '{path}' ({reason}): it is damaged or not a checkpoint; "
+                             "use another one, e.g. the run's other checkpoint in the same checkpoints/ dir") from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise UserInputError(f"'{path}' is not a Lightning checkpoint (no state_dict)")
+    return checkpoint
