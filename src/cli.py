@@ -9,6 +9,7 @@ last.ckpt (`periodic_checkpoint`) sections, and run directories you can trust:
   curves, config and checkpoints of the run are never touched.
 """
 
+import importlib
 import logging
 import os
 import shutil
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 from src.callbacks.last_checkpoint import LastCheckpoint
@@ -88,6 +89,7 @@ class ReviewClassifierCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config  # run=False: no subcommand
         trainer = config.trainer
+        trainer.callbacks = _one_progress_bar(trainer.get("callbacks") or [], trainer.get("enable_progress_bar"))
         if self.subcommand == "fit":
             for key in ("max_epochs", "max_steps"):
                 if trainer.get(key) == 0 or (trainer.get(key) or -1) < -1:
@@ -105,7 +107,8 @@ class ReviewClassifierCLI(LightningCLI):
         elif ckpt_path and not Path(ckpt_path).is_file():
             raise UserInputError(f"checkpoint '{ckpt_path}' does not exist: pass a .ckpt file, 'last' or 'best'")
         run_dir = run_dir_of(Path(config.ckpt_path)) if config.get("ckpt_path") else None
-        if run_dir is not None and logger_args is not None and {"save_dir", "name", "version"} <= set(vars(logger_args)):
+        run_layout = logger_args is not None and {"save_dir", "name", "version"} <= set(vars(logger_args))
+        if run_dir is not None and run_layout:
             if self.subcommand == "fit":  # keep writing into the checkpoint's run directory
                 number = VERSION.fullmatch(run_dir.name)
                 logger_args.save_dir, logger_args.name = str(run_dir.parent.parent), run_dir.parent.name
@@ -142,6 +145,18 @@ class ReviewClassifierCLI(LightningCLI):
             print(f"\nRun directory: {log_dir}\nView it: tensorboard --logdir {Path(log_dir).parent.parent}")
 
 
+def _one_progress_bar(callbacks: list[Any], enabled: bool | None) -> list[Any]:
+    """The last progress bar listed wins (a preset such as configs/progress/rich.yaml appends one to the defaults'
+    tqdm bar); `--trainer.enable_progress_bar false` drops them all."""
+    def is_bar(callback: Any) -> bool:
+        module, _, name = callback.class_path.rpartition(".")
+        return issubclass(getattr(importlib.import_module(module), name), ProgressBar)
+
+    bars = [i for i, callback in enumerate(callbacks) if is_bar(callback)]
+    keep = bars[-1:] if enabled is not False else []
+    return [callback for i, callback in enumerate(callbacks) if i not in bars or i in keep]
+
+
 def _check_writable(directory: Path) -> None:
     """Fail before loading the model when runs cannot be written (read-only disk, a file in the way)."""
     existing = next(p for p in (directory, *directory.parents) if p.exists())
@@ -154,23 +169,24 @@ def _check_writable(directory: Path) -> None:
 
 
 class _DropNoise(logging.Filter):
-    """Lines a user cannot act on: Lightning's litlogger advert and the model summary's `Total FLOPs: 0`."""
+    """Lines a user cannot act on: Lightning's litlogger advert, its note that our model summary replaces its own,
+    and the summary's `Total Flops` (0: nothing is measured before training)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        if "litlogger" in message:
+        if "litlogger" in message or "already configured with model summary" in message:
             return False
-        if "Total FLOPs" in message:
-            record.msg, record.args = "\n".join(line for line in message.splitlines() if "Total FLOPs" not in line), ()
+        if "total flops" in message.lower():
+            lines = [line for line in message.splitlines() if "total flops" not in line.lower()]
+            record.msg, record.args = "\n".join(lines), ()
         return True
 
 
 def main(args: list[str] | None = None) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the data module parallelises tokenization itself
     logging.getLogger("transformers").setLevel(logging.ERROR)  # load reports a user cannot act on
-    for name in ("lightning.pytorch", "lightning.fabric"):
-        for logger in (logging.getLogger(name), *logging.getLogger(name).handlers):
-            logger.addFilter(_DropNoise())
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.callbacks.model_summary"):
+        logging.getLogger(name).addFilter(_DropNoise())
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # torch deprecation inside Lightning's _pytree
     # EvalBatchSampler yields every row exactly once (tested), which Lightning cannot know of a custom sampler
     warnings.filterwarnings("ignore", message="You are using a custom batch sampler")

@@ -7,14 +7,10 @@ onnxruntime. The export is written beside OUT_DIR and renamed into place: a fail
 """
 
 import argparse
-import errno
 import inspect
 import logging
 import os
-import pickle
-import shutil
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -24,6 +20,8 @@ import transformers
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from src.model import SequenceClassifier
+from src.utils.atomic import atomic_write
+from src.utils.checkpoint_io import load_checkpoint
 from src.utils.errors import UserInputError
 from src.utils.pretrained import load_pretrained
 
@@ -44,15 +42,24 @@ class OnnxMismatchError(RuntimeError):
 def _load_checkpoint(ckpt_path: Path) -> dict[str, Any]:
     if not ckpt_path.is_file():
         raise UserInputError(f"checkpoint '{ckpt_path}' does not exist: pass the path of a .ckpt file")
-    try:
-        # weights_only: a checkpoint is plain tensors and containers, so nothing in it gets to run code
-        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as err:  # what torch raises for a non-checkpoint file
-        raise UserInputError(f"could not read checkpoint '{ckpt_path}': {type(err).__name__}: {err}") from None
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "hyper_parameters" not in checkpoint:
-        raise UserInputError(f"'{ckpt_path}' is not a Lightning checkpoint of SequenceClassifier "
-                             "(no state_dict / hyper_parameters)")
+    checkpoint = load_checkpoint(ckpt_path)
+    if "hyper_parameters" not in checkpoint:
+        raise UserInputError(f"'{ckpt_path}' is not a Lightning checkpoint of SequenceClassifier (no hyper_parameters)")
     return checkpoint
+
+
+def configure_tokenizer(tokenizer: PreTrainedTokenizerBase, data_hparams: dict[str, Any]) -> str | None:
+    """Make the exported tokenizer cut reviews as training did (`pipeline(..., truncation=True)` then reads the same
+    tokens `predict` read). Returns a warning when the training truncation has no tokenizer equivalent."""
+    if data_hparams.get("max_length"):
+        tokenizer.model_max_length = int(data_hparams["max_length"])
+    truncation = data_hparams.get("truncation", "head")
+    tokenizer.truncation_side = "left" if truncation == "tail" else "right"
+    if truncation not in ("head", "tail"):
+        return (f"the model was trained with data.truncation={truncation}, which a Hugging Face tokenizer cannot "
+                "do: the export keeps the first tokens of long reviews; for the training layout use "
+                "`python -m src.cli predict`")
+    return None
 
 
 def _restore_module(checkpoint: dict[str, Any]) -> SequenceClassifier:
@@ -65,20 +72,12 @@ def _restore_module(checkpoint: dict[str, Any]) -> SequenceClassifier:
     return module.eval()
 
 
-def _default_permissions(directory: Path) -> None:
-    """Give the export the modes a plain `mkdir`/`open` would: mkdtemp makes 0700, safetensors writes 0600."""
-    umask = os.umask(0)
-    os.umask(umask)
-    directory.chmod(0o777 & ~umask)
-    for path in directory.rglob("*"):
-        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
-
-
 def _is_hub_id(name: str) -> bool:
     return name.count("/") <= 1 and not name.startswith((".", "/", "~", "package:")) and not Path(name).exists()
 
 
-def _model_card(model: PreTrainedModel, checkpoint: dict[str, Any], ckpt_path: Path, title: str, onnx: bool) -> str:
+def _model_card(model: PreTrainedModel, checkpoint: dict[str, Any], ckpt_path: Path, title: str, onnx: bool,
+                warning: str | None = None) -> str:
     """A short README.md so the directory says what it holds and where it came from."""
     base = checkpoint["hyper_parameters"]["model_name_or_path"]
     labels = model.config.id2label
@@ -96,7 +95,10 @@ def _model_card(model: PreTrainedModel, checkpoint: dict[str, Any], ckpt_path: P
         f"- global step {checkpoint.get('global_step', '?')}",
     ]
     if data.get("dataset"):
-        lines.append(f"- dataset: `{data['dataset']}`, max_length {data.get('max_length', '?')} tokens")
+        lines.append(f"- dataset: `{data['dataset']}`, max_length {data.get('max_length', '?')} tokens, truncation "
+                     f"{data.get('truncation', 'head')} (the tokenizer here is set to match)")
+    if warning:
+        lines += ["", f"Note: {warning}."]
     lines += [
         "", "## Usage", "", "```python", "from transformers import pipeline", "",
         'classifier = pipeline("text-classification", model="PATH/TO/THIS/DIR")',
@@ -173,24 +175,19 @@ def export_checkpoint(ckpt_path: str | os.PathLike, out_dir: str | os.PathLike, 
     model = module.model
     tokenizer = load_pretrained(AutoTokenizer.from_pretrained, module.hparams.model_name_or_path)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))  # same filesystem: rename is atomic
+    warning = configure_tokenizer(tokenizer, checkpoint.get("datamodule_hyper_parameters", {}))
+    if warning:
+        warnings.warn(warning, stacklevel=2)
     try:
-        model.save_pretrained(staging)  # safetensors: transformers 5 writes nothing else
-        tokenizer.save_pretrained(staging)
-        if onnx:
-            export_onnx(model, tokenizer, staging / "model.onnx")
-        (staging / "README.md").write_text(_model_card(model, checkpoint, ckpt_path, out.name, onnx))
-        _default_permissions(staging)
-        try:
-            staging.rename(out)  # atomic; replaces `out` only if it is an empty directory
-        except OSError as err:
-            if err.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR):
-                raise
-            raise UserInputError(f"export directory '{out}' was filled while exporting: "
-                                 "pass a new OUT_DIR or remove it first") from None
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        with atomic_write(out, directory=True, overwrite=not out.exists() or not any(out.iterdir())) as staging:
+            model.save_pretrained(staging)  # safetensors: transformers 5 writes nothing else
+            tokenizer.save_pretrained(staging)
+            if onnx:
+                export_onnx(model, tokenizer, staging / "model.onnx")
+            (staging / "README.md").write_text(_model_card(model, checkpoint, ckpt_path, out.name, onnx, warning))
+    except FileExistsError:
+        raise UserInputError(f"export directory '{out}' was filled while exporting: "
+                             "pass a new OUT_DIR or remove it first") from None
     return out
 
 

@@ -111,7 +111,8 @@ class SequenceClassifier(pl.LightningModule):
         if per_class:  # logged as <stage>/precision/<label name>, <stage>/recall/<label name>
             metrics["precision"] = ClasswiseWrapper(MulticlassPrecision(n, average=None), names, prefix="precision/")
             metrics["recall"] = ClasswiseWrapper(MulticlassRecall(n, average=None), names, prefix="recall/")
-        return MetricCollection(metrics, prefix=prefix)
+        # compute_groups off: the wrapped per-class metrics would share state without seeing updates (a warning)
+        return MetricCollection(metrics, prefix=prefix, compute_groups=False)
 
     def check_checkpoint_fits(self, checkpoint: dict[str, Any]) -> None:
         """Refuse, in one line, a checkpoint whose weights do not fit this model (another model or num_labels)."""
@@ -212,11 +213,11 @@ class SequenceClassifier(pl.LightningModule):
         ]
 
     def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = self.optimizer(self.parameter_groups())
-        for group in optimizer.param_groups:
-            if group["lr"] < 0 or group.get("weight_decay", 0) < 0:
-                raise UserInputError(f"model.optimizer: lr={group['lr']} and weight_decay={group.get('weight_decay')}"
-                                     " must be >= 0")
+        try:
+            optimizer = self.optimizer(self.parameter_groups())
+        except ValueError as err:  # torch checks its arguments: "Invalid learning rate: -0.0001"
+            raise UserInputError(f"model.optimizer: {err}: use a positive learning rate (--model.optimizer.lr) "
+                                 "and weight decay") from None
         total_steps = int(self.trainer.estimated_stepping_batches)
         hp = self.hparams
         warmup = hp.warmup_steps or math.ceil(hp.warmup_ratio * total_steps)

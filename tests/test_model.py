@@ -1,5 +1,7 @@
 """SequenceClassifier: labels in the HF config, optimizer groups, the warmup/decay schedule, steps."""
 
+import math
+from functools import partial
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -9,6 +11,11 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from src.model import NonFiniteLossError, SequenceClassifier
 from src.utils.errors import UserInputError
+
+
+def adamw(lr: float = 5e-5, weight_decay: float = 0.0) -> partial:
+    """What `--model.optimizer torch.optim.AdamW --model.optimizer.lr LR` gives the module."""
+    return partial(torch.optim.AdamW, lr=lr, weight_decay=weight_decay)
 
 
 def scheduled(model: SequenceClassifier, max_steps: int) -> tuple[torch.optim.Optimizer, LRScheduler]:
@@ -42,6 +49,28 @@ def test_bad_model_arguments_are_user_errors(tiny_bert: Path) -> None:
         SequenceClassifier(str(tiny_bert), label_names=["a", "b"])
     with pytest.raises(UserInputError, match="not both"):
         SequenceClassifier(str(tiny_bert), warmup_steps=3, warmup_ratio=0.1)
+    with pytest.raises(UserInputError, match=r"model\.scheduler='cosin' is not a schedule: use one of linear, cosine"):
+        SequenceClassifier(str(tiny_bert), scheduler="cosin")
+
+
+def test_negative_learning_rate_is_a_user_error(tiny_bert: Path) -> None:
+    with pytest.raises(UserInputError, match=r"model.optimizer: .*-0.0001.*positive learning rate"):
+        scheduled(SequenceClassifier(str(tiny_bert), optimizer=adamw(-1e-4)), 10)
+
+
+def test_any_torch_optimizer_from_config(tiny_bert: Path) -> None:
+    sgd = partial(torch.optim.SGD, lr=0.1, momentum=0.9)
+    optimizer, scheduler = scheduled(SequenceClassifier(str(tiny_bert), optimizer=sgd), 10)
+    assert isinstance(optimizer, torch.optim.SGD) and optimizer.defaults["momentum"] == 0.9
+    assert lr_trace(optimizer, scheduler, 10)[0] == pytest.approx(0.1)
+
+
+def test_cosine_schedule_by_name(tiny_bert: Path) -> None:
+    model = SequenceClassifier(str(tiny_bert), optimizer=adamw(1e-4), scheduler="cosine", warmup_steps=2)
+    trace = lr_trace(*scheduled(model, 10), 10)
+    assert trace[1] == pytest.approx(0.5e-4)  # warmup
+    progress = [(step - 2) / 8 for step in range(2, 11)]  # cosine from the peak to 0 over the remaining 8 steps
+    assert trace[2:] == pytest.approx([1e-4 * 0.5 * (1 + math.cos(math.pi * p)) for p in progress], abs=1e-12)
 
 
 def test_trains_in_train_mode_with_sdpa_attention(tiny_bert: Path) -> None:
@@ -51,10 +80,11 @@ def test_trains_in_train_mode_with_sdpa_attention(tiny_bert: Path) -> None:
 
 
 def test_no_weight_decay_on_biases_and_layernorm(tiny_bert: Path) -> None:
-    model = SequenceClassifier(str(tiny_bert), weight_decay=0.01)
+    model = SequenceClassifier(str(tiny_bert), optimizer=adamw(weight_decay=0.01))
     optimizer, _ = scheduled(model, 10)
     decayed, plain = optimizer.param_groups
     assert decayed["weight_decay"] == 0.01 and plain["weight_decay"] == 0.0
+    assert (decayed["name"], plain["name"]) == ("decay", "no_decay")  # the learning-rate curves' names
     names = {id(p): n for n, p in model.named_parameters()}
     plain_names = {names[id(p)] for p in plain["params"]}
     assert plain_names == {n for n, p in model.named_parameters() if n.endswith("bias") or "LayerNorm" in n}
@@ -63,7 +93,7 @@ def test_no_weight_decay_on_biases_and_layernorm(tiny_bert: Path) -> None:
 
 
 def test_linear_schedule_without_warmup_is_the_tutorials(tiny_bert: Path) -> None:
-    optimizer, scheduler = scheduled(SequenceClassifier(str(tiny_bert), lr=5e-5), 10)
+    optimizer, scheduler = scheduled(SequenceClassifier(str(tiny_bert), optimizer=adamw(5e-5)), 10)
     trace = lr_trace(optimizer, scheduler, 10)
     assert trace[0] == pytest.approx(5e-5)
     assert trace[5] == pytest.approx(2.5e-5)
@@ -72,7 +102,7 @@ def test_linear_schedule_without_warmup_is_the_tutorials(tiny_bert: Path) -> Non
 
 @pytest.mark.parametrize("warmup", [{"warmup_steps": 4}, {"warmup_ratio": 0.2}])
 def test_warmup_then_linear_decay(tiny_bert: Path, warmup: dict) -> None:
-    optimizer, scheduler = scheduled(SequenceClassifier(str(tiny_bert), lr=1e-4, **warmup), 20)
+    optimizer, scheduler = scheduled(SequenceClassifier(str(tiny_bert), optimizer=adamw(1e-4), **warmup), 20)
     trace = lr_trace(optimizer, scheduler, 20)
     assert trace[0] == pytest.approx(0.0)
     assert trace[2] == pytest.approx(0.5e-4)

@@ -50,5 +50,5 @@ class LastCheckpoint(Checkpoint):
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         if trainer.fast_dev_run or trainer.global_step == 0 or self._saved == (trainer.global_step, best):
             return
-        trainer.save_checkpoint(self.path)  # every rank calls it; the strategy writes once
+        trainer.save_checkpoint(self.path, weights_only=False)  # the full state; every rank calls it, one writes
         self._saved = (trainer.global_step, best)

@@ -35,7 +35,7 @@ def atomic_write(path: str | os.PathLike, *, directory: bool = False, overwrite:
     try:
         yield temp
         _sync(temp)
-        os.chmod(temp, (0o777 if directory else 0o666) & ~_umask())  # mkstemp/mkdtemp make it private
+        _default_permissions(temp)
         _publish(temp, path, overwrite)
     finally:
         _remove(temp)
@@ -71,6 +71,13 @@ def _sync(temp: Path) -> None:
             os.fsync(handle.fileno())
     if temp.is_dir():
         _fsync_dir(temp)
+
+
+def _default_permissions(temp: Path) -> None:
+    """The modes a plain `open`/`mkdir` would give: mkstemp/mkdtemp (and safetensors) make files private."""
+    umask = _umask()
+    for path in [temp, *(temp.rglob("*") if temp.is_dir() else [])]:
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
 
 
 def _fsync_dir(directory: Path) -> None:
