@@ -9,6 +9,7 @@ last.ckpt (`periodic_checkpoint`) sections, and run directories you can trust:
   curves, config and checkpoints of the run are never touched.
 """
 
+import errno
 import importlib
 import logging
 import os
@@ -17,7 +18,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
@@ -29,11 +30,12 @@ from src.export import export_checkpoint
 from src.model import NonFiniteLossError, SequenceClassifier
 from src.utils.checkpoint_io import load_checkpoint
 from src.utils.errors import UserInputError
-from src.utils.runs import VERSION, eval_version, newest_run_checkpoint, run_dir_of
+from src.utils.runs import VERSION, claim_new_run, eval_version, newest_run_checkpoint, run_dir_of
 from src.utils.summary import print_run_summary
 
 DEFAULTS = Path(__file__).resolve().parents[1] / "configs" / "defaults.yaml"
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
+CLAIMED_RUN = "REVIEW_CLASSIFIER_RUN_VERSION"  # the run a fit claimed, for the DDP processes Lightning starts
 
 
 class QuietUsageParser(LightningArgumentParser):
@@ -41,6 +43,10 @@ class QuietUsageParser(LightningArgumentParser):
 
     def print_usage(self, file: Any = None) -> None:
         pass
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        """One line, also for a YAML syntax error (whose message spans several)."""
+        super().error(" ".join(str(message).split()), ex)
 
 
 class KeepConfigCallback(SaveConfigCallback):
@@ -54,13 +60,23 @@ class KeepConfigCallback(SaveConfigCallback):
 
 class ReviewClassifierCLI(LightningCLI):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        defaults = {"default_config_files": [str(DEFAULTS)]}
+        run = kwargs.get("run", True)  # run=False: one parser, no subcommands
+        kwargs.setdefault("parser_kwargs", dict.fromkeys(SUBCOMMANDS, defaults) if run else defaults)
+        kwargs.setdefault("seed_everything_default", 42)
+        kwargs.setdefault("parser_class", QuietUsageParser)
+        kwargs.setdefault("save_config_callback", KeepConfigCallback)
         self.new_run_dir: Path | None = None  # made by this command; removed again if it fails on bad input
+        claimed_before = os.environ.get(CLAIMED_RUN)
         try:
             super().__init__(*args, **kwargs)
         except UserInputError:
             if self.new_run_dir is not None and not any(self.new_run_dir.glob("checkpoints/*.ckpt")):
                 shutil.rmtree(self.new_run_dir, ignore_errors=True)
             raise
+        finally:  # the next command in this process claims its own run
+            if claimed_before is None:
+                os.environ.pop(CLAIMED_RUN, None)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("model.model_name_or_path", "data.tokenizer_name_or_path")
@@ -118,6 +134,20 @@ class ReviewClassifierCLI(LightningCLI):
                 logger_args.version = eval_version(run_dir, self.subcommand)
         if logger_args is not None and "save_dir" in logger_args:
             _check_writable(Path(logger_args.save_dir))
+            if self.subcommand == "fit" and run_layout and logger_args.version is None and not trainer.fast_dev_run:
+                logger_args.version = self._claim_run(Path(logger_args.save_dir), logger_args.name)
+
+    def _claim_run(self, log_root: Path, experiment: str) -> int | None:
+        """A new fit's run directory, made before anything is written. Processes that Lightning starts for the
+        other DDP ranks inherit the claimed number; external launchers (torchrun, SLURM) let Lightning choose."""
+        if CLAIMED_RUN in os.environ:
+            return int(os.environ[CLAIMED_RUN])
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            return None
+        number = claim_new_run(log_root, experiment)
+        os.environ[CLAIMED_RUN] = str(number)
+        self.new_run_dir = log_root / experiment / f"version_{number}"
+        return number
 
     def after_instantiate_classes(self) -> None:
         # before anything runs or is written (config.yaml, events): a checkpoint of another model fails here
@@ -125,7 +155,7 @@ class ReviewClassifierCLI(LightningCLI):
         if ckpt_path:
             self.model.check_checkpoint_fits(load_checkpoint(ckpt_path))
         log_dir = self.trainer.log_dir if self.subcommand else None  # before DDP starts: no collective yet
-        if log_dir and not Path(log_dir).exists():
+        if log_dir and not Path(log_dir).exists():  # an eval run's directory
             self.new_run_dir = Path(log_dir)
 
     def after_fit(self) -> None:
@@ -192,17 +222,15 @@ def main(args: list[str] | None = None) -> None:
     warnings.filterwarnings("ignore", message="You are using a custom batch sampler")
     torch.set_float32_matmul_precision("high")  # TF32 matmuls on Ampere+ GPUs for fp32 runs; no effect on CPU
     try:
-        ReviewClassifierCLI(
-            SequenceClassifier,
-            TextClassificationDataModule,
-            seed_everything_default=42,
-            parser_class=QuietUsageParser,
-            parser_kwargs={command: {"default_config_files": [str(DEFAULTS)]} for command in SUBCOMMANDS},
-            save_config_callback=KeepConfigCallback,
-            args=args,
-        )
+        ReviewClassifierCLI(SequenceClassifier, TextClassificationDataModule, args=args)
     except (UserInputError, NonFiniteLossError) as err:
         sys.exit(f"error: {err}")
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+            raise
+        sys.exit(f"error: could not write {err.filename or 'a run file'}: {err.strerror}. Free space (or pick "
+                 "another --trainer.logger.init_args.save_dir) and resume with --ckpt_path last: checkpoints are "
+                 "written whole or not at all, so the last one on disk is intact")
 
 
 if __name__ == "__main__":

@@ -23,8 +23,9 @@ def snapshot(root: Path) -> dict[str, str]:
 
 
 def assert_untouched(root: Path, before: dict[str, str]) -> None:
-    after = snapshot(root)
-    assert all(after.get(name) == digest for name, digest in before.items())
+    """Earlier files unchanged, and the failed command left nothing behind (no empty run directory)."""
+    assert snapshot(root) == before
+    assert sorted(p.name for p in (root / "yelp_bert").iterdir()) == ["version_0"]
 
 
 @pytest.fixture
@@ -75,6 +76,10 @@ CASES = {
     "unknown config key": (["--data.batch_szie", "8"], "batch_szie"),
     "wrong value type": (["--data.batch_size", "eight"], "batch_size"),
     "unknown padding choice": (["--data.padding", "left"], "padding"),
+    "negative learning rate": (["--model.optimizer.lr=-1e-4"], "Invalid learning rate: -0.0001: use a positive"),
+    "zero epochs": (["--trainer.max_epochs", "0"], "trainer.max_epochs=0 trains nothing"),
+    "unknown schedule": (["--model.scheduler", "cosin"], "model.scheduler='cosin' is not a schedule"),
+    "unknown optimizer": (["--model.optimizer", "torch.optim.Adamm"], "torch.optim.Adamm"),
 }
 
 

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 from typing import NamedTuple
 
@@ -50,7 +51,7 @@ def trained(tiny_bert: Path, tiny_yelp: Path, tmp_path_factory: pytest.TempPathF
         data = TextClassificationDataModule(
             dataset=str(tiny_yelp), tokenizer_name_or_path=str(tiny_bert), max_length=64,
             batch_size=8, cache_dir=str(root / "tokenized"))
-        module = SequenceClassifier(model_name_or_path=str(tiny_bert), lr=1e-2)
+        module = SequenceClassifier(model_name_or_path=str(tiny_bert), optimizer=partial(torch.optim.AdamW, lr=1e-2))
         trainer = pl.Trainer(max_steps=2, limit_val_batches=0, logger=False, enable_checkpointing=False,
                              enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
         trainer.fit(module, datamodule=data)

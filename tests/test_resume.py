@@ -105,11 +105,19 @@ class _InterruptibleFile:
 
 
 class CrashAt(Callback):
-    """Test-only: SIGKILL this process before the batch of global step `step`, at the start of epoch `epoch`, or
-    halfway through writing the checkpoint of step `saving_step`."""
+    """Test-only: SIGKILL this process before the batch of global step `step`, at the start of epoch `epoch`,
+    halfway through writing the checkpoint of step `saving_step`, or in the middle of epoch `validating_epoch`'s
+    validation (with `signal_name`: SIGKILL, or SIGINT as Ctrl-C sends it)."""
 
-    def __init__(self, step: int = -1, epoch: int = -1, saving_step: int = -1) -> None:
+    def __init__(self, step: int = -1, epoch: int = -1, saving_step: int = -1, validating_epoch: int = -1,
+                 signal_name: str = "SIGKILL") -> None:
         self.step, self.epoch, self.saving_step = step, epoch, saving_step
+        self.validating_epoch, self.signal = validating_epoch, getattr(signal, signal_name)
+
+    def on_validation_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int,
+                                  dataloader_idx: int = 0) -> None:
+        if trainer.current_epoch == self.validating_epoch and batch_idx == 2 and not trainer.sanity_checking:
+            os.kill(os.getpid(), self.signal)
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.current_epoch == self.epoch:
@@ -194,6 +202,26 @@ def test_run_killed_three_times_and_resumed_ends_exactly_like_the_uninterrupted_
     for tag in ("val/acc", "val/loss", "val/f1_macro"):
         assert got_scalars[tag][-1] == expected_scalars[tag][-1], tag
     assert not list(last.parent.glob(".*.tmp")), "the killed save's temporary file was not cleaned up"
+
+
+def test_ctrl_c_and_kill_mid_validation_then_resume_ends_exactly_like_the_uninterrupted_run(
+    reference: Path, tiny_bert: Path, tiny_yelp: Path, workdir: Path
+) -> None:
+    args = fit_args(tiny_bert, tiny_yelp, "mid_validation")
+    last = workdir / "logs" / "mid_validation" / "version_0" / "checkpoints" / "last.ckpt"
+    stops = [("SIGINT", 0, 1, 9), ("SIGKILL", 1, -signal.SIGKILL, 18)]  # -> exit status, step of last.ckpt
+    for attempt, (signal_name, epoch, status, step_on_disk) in enumerate(stops):
+        crash = json.dumps({"class_path": "tests.test_resume.CrashAt",
+                            "init_args": {"validating_epoch": epoch, "signal_name": signal_name}})
+        resume = ["--ckpt_path", "last"] if attempt else []
+        stopped = run_cli([*args, *resume, f"--trainer.callbacks+={crash}"], cwd=workdir, check=False)
+        assert stopped.returncode == status, stopped.stderr[-3000:]
+        assert load(last)["global_step"] == step_on_disk, signal_name
+    run = run_dir_in(run_cli([*args, "--ckpt_path", "last"], cwd=workdir).stdout, workdir)
+    assert run == last.parent.parent
+    expected, got = load(reference / "checkpoints" / "last.ckpt")["state_dict"], load(last)["state_dict"]
+    assert all(torch.equal(weights, got[name]) for name, weights in expected.items())
+    assert scalars(run)["val/acc"][-1] == scalars(reference)["val/acc"][-1]
 
 
 @pytest.mark.parametrize("staging", ["same filesystem", "other filesystem"])

@@ -182,6 +182,6 @@ class ThroughputMonitor(pl.Callback):
             # it Lightning warns under DDP; it costs one scalar all-reduce per key per epoch
             pl_module.log(key, value, prog_bar=key == PROG_BAR_KEY, logger=False, on_step=on_step,
                           on_epoch=not on_step, sync_dist=not on_step, batch_size=1)
-        step = trainer.fit_loop.epoch_loop._batches_that_stepped  # the step Lightning logs train/loss at
+        step = trainer.global_step  # the step Lightning logs train/loss at (one optimizer)
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=step)

@@ -55,6 +55,20 @@ def run_dir_of(checkpoint: Path) -> Path | None:
     return None
 
 
+def claim_new_run(log_root: Path, experiment: str) -> int:
+    """Create the next `version_N` directory and return N. `mkdir` is atomic, so fits started at the same time
+    (one experiment, several terminals or jobs) never share a run directory."""
+    (log_root / experiment).mkdir(parents=True, exist_ok=True)
+    numbers = [int(m.group(1)) for p in (log_root / experiment).iterdir() if (m := VERSION.fullmatch(p.name))]
+    n = max(numbers, default=-1) + 1
+    while True:
+        try:
+            (log_root / experiment / f"version_{n}").mkdir()
+            return n
+        except FileExistsError:
+            n += 1
+
+
 def eval_version(run_dir: Path, command: str) -> str:
     """A new `eval/<command>_<time>` directory name in `run_dir`, unique even for runs started in the same second."""
     stamp = time.strftime("%Y%m%d-%H%M%S")

@@ -13,11 +13,8 @@ import torch
 from src.callbacks.predictions_writer import PredictionsWriter
 from src.data import TextClassificationDataModule
 from src.model import SequenceClassifier
-from tests.cli_helpers import REPO, run_cli, tiny_run_args
+from tests.cli_helpers import run_cli, tiny_run_args
 
-# the CLI may register the writer itself; add it only where it does not, so each run writes one file
-WRITER_ARGS = [] if "PredictionsWriter" in (REPO / "src/cli.py").read_text() else \
-    ["--trainer.callbacks+=src.predictions.PredictionsWriter"]
 NAMES = ["1 star", "2 stars", "3 stars", "4 stars", "5 stars"]  # the model's default id2label
 
 
@@ -32,7 +29,7 @@ def checkpoint(tiny_bert: Path, tiny_yelp: Path, tmp_path_factory: pytest.TempPa
 
 def predict(checkpoint: Path, tiny_bert: Path, tiny_yelp: Path, *extra: str) -> Path:
     """Run `predict` through the CLI; returns the predictions file it reported."""
-    args = ["predict", *tiny_run_args(tiny_bert, tiny_yelp, "--ckpt_path", str(checkpoint), *extra), *WRITER_ARGS]
+    args = ["predict", *tiny_run_args(tiny_bert, tiny_yelp, "--ckpt_path", str(checkpoint), *extra)]
     result = run_cli(args, cwd=checkpoint.parents[4])
     paths = re.findall(r"Predictions \(\d+ rows\): (\S+)", result.stdout)
     assert len(paths) == 1, result.stdout[-2000:]  # one file, from rank 0 only
@@ -56,7 +53,9 @@ def check_rows(rows: list[dict], texts: list[str]) -> None:
 
 def test_predict_test_split_writes_rows_in_input_order(checkpoint: Path, tiny_bert: Path, tiny_yelp: Path) -> None:
     path = predict(checkpoint, tiny_bert, tiny_yelp)
-    assert path.parent == checkpoint.parents[1]  # into the checkpoint's run directory
+    # an eval run of its own inside the checkpoint's run directory
+    assert path.parent.parent == checkpoint.parents[1] / "eval" and path.parent.name.startswith("predict_")
+    assert path.name == "predictions.jsonl" and (path.parent / "config.yaml").is_file()
     data = TextClassificationDataModule(dataset=str(tiny_yelp), tokenizer_name_or_path=str(tiny_bert), max_length=64,
                                 train_size=80, eval_size=41)
     texts = data.predict_texts()
@@ -88,7 +87,7 @@ def test_predict_file_single_process_and_ddp_agree(
 
     ddp = predict(checkpoint, tiny_bert, tiny_yelp, "--data.predict_file", str(reviews),
                   "--trainer.strategy", "ddp", "--trainer.devices", "2")
-    assert ddp != single and ddp.name.startswith("predictions-")  # a new file beside the first one
+    assert ddp.parent != single.parent and ddp.name == single.name  # a new eval run beside the first one
     assert single.read_bytes() == single_bytes  # never overwritten
     ddp_rows = read_jsonl(ddp)
     check_rows(ddp_rows, texts)

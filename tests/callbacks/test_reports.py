@@ -2,6 +2,7 @@
 
 import io
 import re
+from functools import partial
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -30,12 +31,12 @@ def reported_run(tiny_bert: Path, tiny_yelp: Path, tmp_path_factory: pytest.Temp
     """A tiny fit (2 epochs), a test of its best checkpoint and a predict; returns the run dir and printed summary."""
     root = tmp_path_factory.mktemp("reporting")
     pl.seed_everything(0)
-    model = SequenceClassifier(str(tiny_bert), lr=1e-3)
+    model = SequenceClassifier(str(tiny_bert), optimizer=partial(torch.optim.AdamW, lr=1e-3))
     data = TextClassificationDataModule(str(tiny_yelp), str(tiny_bert), max_length=64, batch_size=8, train_size=40,
                                 eval_size=20, cache_dir=str(root / "cache"))
     checkpoint = ModelCheckpoint(monitor="val/acc", mode="max")
     trainer = pl.Trainer(
-        accelerator="cpu", max_epochs=2, logger=TensorBoardLogger(root / "logs", name="exp"),
+        accelerator="cpu", max_epochs=2, logger=TensorBoardLogger(root / "logs", name="exp", default_hp_metric=False),
         callbacks=[checkpoint, EvalReport(), RunReport()], enable_progress_bar=False, enable_model_summary=False,
         log_every_n_steps=1, num_sanity_val_steps=1,
     )
@@ -43,8 +44,9 @@ def reported_run(tiny_bert: Path, tiny_yelp: Path, tmp_path_factory: pytest.Temp
     trainer.test(model, datamodule=data, ckpt_path="best", verbose=False)
     out = io.StringIO()
     print_run_summary(trainer, export_path="exports/x", file=out)
-    # a later predict into the same run directory, as the CLI does from a checkpoint
-    predictor = pl.Trainer(accelerator="cpu", logger=TensorBoardLogger(root / "logs", name="exp", version=0),
+    # a later predict into the same run directory (the logger settings of configs/defaults.yaml)
+    predictor = pl.Trainer(accelerator="cpu", logger=TensorBoardLogger(root / "logs", name="exp", version=0,
+                                                                     default_hp_metric=False),
                            callbacks=[RunReport()], enable_progress_bar=False)
     predictor.predict(model, datamodule=data, return_predictions=False)
     return Path(trainer.log_dir), out.getvalue()
