@@ -66,6 +66,7 @@ class ReviewClassifierCLI(LightningCLI):
         kwargs.setdefault("seed_everything_default", 42)
         kwargs.setdefault("parser_class", QuietUsageParser)
         kwargs.setdefault("save_config_callback", KeepConfigCallback)
+        _quiet_lightning()
         self.new_run_dir: Path | None = None  # made by this command; removed again if it fails on bad input
         claimed_before = os.environ.get(CLAIMED_RUN)
         try:
@@ -212,14 +213,19 @@ class _DropNoise(logging.Filter):
         return True
 
 
-def main(args: list[str] | None = None) -> None:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the data module parallelises tokenization itself
-    logging.getLogger("transformers").setLevel(logging.ERROR)  # load reports a user cannot act on
+def _quiet_lightning() -> None:
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.callbacks.model_summary"):
-        logging.getLogger(name).addFilter(_DropNoise())
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropNoise) for f in logger.filters):
+            logger.addFilter(_DropNoise())
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # torch deprecation inside Lightning's _pytree
     # EvalBatchSampler yields every row exactly once (tested), which Lightning cannot know of a custom sampler
     warnings.filterwarnings("ignore", message="You are using a custom batch sampler")
+
+
+def main(args: list[str] | None = None) -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the data module parallelises tokenization itself
+    logging.getLogger("transformers").setLevel(logging.ERROR)  # load reports a user cannot act on
     torch.set_float32_matmul_precision("high")  # TF32 matmuls on Ampere+ GPUs for fp32 runs; no effect on CPU
     try:
         ReviewClassifierCLI(SequenceClassifier, TextClassificationDataModule, args=args)

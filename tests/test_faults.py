@@ -178,7 +178,7 @@ def test_read_only_or_uncreatable_save_dir_fails_before_loading_the_model(
 def test_full_disk_mid_run_is_one_line_and_keeps_the_last_checkpoint(
     args: list[str], tmp_path: Path, tmpfs: Callable[[str, str], Path]
 ) -> None:
-    small = tmpfs("small", "size=1400k")
+    small = tmpfs("small", "size=1000k")
     result = run_cli(["fit", *args, "--trainer.max_epochs", "6", "--periodic_checkpoint.every_n_train_steps", "2",
                       "--trainer.logger.init_args.save_dir", str(small / "logs")], cwd=tmp_path, check=False)
     message = one_line_error(result)
