@@ -25,20 +25,22 @@ from benchmarks.throughput import peak_rss_bytes
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _time_phases(data) -> dict[str, float]:
-    """Wrap the data module's steps on this instance (src untouched) to see where prepare_data's time goes."""
-    phases: dict[str, float] = {}
-    for name in ("_load_raw", "_draw_splits", "_cache_path", "_tokenize"):
-        method = getattr(data, name)
+def _time_phases() -> dict[str, float]:
+    """Wrap the data module's steps (in this process only, src untouched) to see where prepare_data's time goes."""
+    from src.data import datamodule
 
-        def timed(*args, _method=method, _name=name, **kwargs):
+    phases: dict[str, float] = {}
+    for name in ("load_raw", "draw_splits", "cache_path", "tokenize_splits"):
+        function = getattr(datamodule, name)
+
+        def timed(*args, _function=function, _name=name, **kwargs):
             start = time.perf_counter()
             try:
-                return _method(*args, **kwargs)
+                return _function(*args, **kwargs)
             finally:
                 phases[_name] = phases.get(_name, 0.0) + time.perf_counter() - start
 
-        setattr(data, name, timed)
+        setattr(datamodule, name, timed)
     return phases
 
 
@@ -50,7 +52,7 @@ def child(dataset: Path, cache: Path) -> dict:
     data = TextClassificationDataModule(dataset=str(dataset), tokenizer_name_or_path=DEFAULT_TOKENIZER, max_length=512,
                                 cache_dir=str(cache))
     data.tokenizer  # noqa: B018 - load it here so it is timed apart from prepare_data
-    phases = _time_phases(data)
+    phases = _time_phases()
     loaded = time.perf_counter()
     data.prepare_data()
     prepared = time.perf_counter()

@@ -23,7 +23,9 @@ class TrainBatchSampler(Sampler[list[int]]):
     (batch_size is ignored). Every rank builds the same global list and takes every world_size-th batch;
     the list is wrapped around so each rank gets the same number of batches.
 
-    `start_batch` lets a resumed run skip the batches it already trained on (see `ResumableDataLoader`).
+    Resuming: `state_dict()` is the epoch and the batches the training loop has consumed in it, which the loop
+    reports with `batch_consumed()` (iteration cannot tell: loader workers and prefetching run ahead of the loop);
+    `load_state_dict()` makes the next iteration skip those batches (`start_batch`), once.
     """
 
     def __init__(
@@ -48,12 +50,25 @@ class TrainBatchSampler(Sampler[list[int]]):
         self.rank = rank
         self.epoch = 0
         self.start_batch = 0
+        self.batches_consumed = 0
         self._cache: tuple[int, list[list[int]]] | None = None
 
     def set_epoch(self, epoch: int) -> None:
         if epoch != self.epoch:
             self.start_batch = 0  # a resume position belongs to the epoch it was saved in
         self.epoch = epoch
+
+    def batch_consumed(self) -> None:
+        """The training loop has taken one more batch of this epoch."""
+        self.batches_consumed += 1
+
+    def state_dict(self) -> dict[str, int]:
+        # "batches_received": the name checkpoints of the earlier ResumableDataLoader used, so they still resume
+        return {"epoch": self.epoch, "batches_received": self.batches_consumed}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.set_epoch(state["epoch"])
+        self.start_batch = state["batches_received"]
 
     @property
     def sampler(self) -> "TrainBatchSampler":
@@ -105,7 +120,7 @@ class TrainBatchSampler(Sampler[list[int]]):
 
     def __iter__(self) -> Iterator[list[int]]:
         batches = self._rank_batches()[self.start_batch :]
-        self.start_batch = 0
+        self.batches_consumed, self.start_batch = self.start_batch, 0
         yield from batches
 
     def __len__(self) -> int:

@@ -18,7 +18,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from src.data import TextClassificationDataModule
+from src.data import TextClassificationDataModule, datamodule
 from src.utils.errors import UserInputError
 from tests.fixtures import LABEL_NAMES, STAR_WORDS, write_dataset, yelp_like_split
 
@@ -212,23 +212,23 @@ def test_cache_reused_and_keyed_on_max_length_and_draw(
     first = prepared(tiny_yelp, tiny_bert, cache_dir=str(cache), train_size=60)
     assert len(cache_dirs(cache)) == 1
 
-    tokenize = TextClassificationDataModule._tokenize
+    tokenize = datamodule.tokenize_splits
     calls: list[int] = []
 
-    def must_not_tokenize(self: TextClassificationDataModule, sources: dict) -> datasets.DatasetDict:
+    def must_not_tokenize(*args: Any, **kwargs: Any) -> datasets.DatasetDict:
         raise AssertionError("tokenized again although the cache exists")
 
-    monkeypatch.setattr(TextClassificationDataModule, "_tokenize", must_not_tokenize)
+    monkeypatch.setattr(datamodule, "tokenize_splits", must_not_tokenize)
     second = prepared(tiny_yelp, tiny_bert, cache_dir=str(cache), train_size=60)
     assert len(cache_dirs(cache)) == 1
     for name in ("train", "validation", "test"):
         assert split_ids(second, name) == split_ids(first, name)
 
-    def counting(self: TextClassificationDataModule, sources: dict) -> datasets.DatasetDict:
+    def counting(*args: Any, **kwargs: Any) -> datasets.DatasetDict:
         calls.append(1)
-        return tokenize(self, sources)
+        return tokenize(*args, **kwargs)
 
-    monkeypatch.setattr(TextClassificationDataModule, "_tokenize", counting)
+    monkeypatch.setattr(datamodule, "tokenize_splits", counting)
     shorter = prepared(tiny_yelp, tiny_bert, cache_dir=str(cache), train_size=60, max_length=16)
     assert len(calls) == 1 and len(cache_dirs(cache)) == 2
     assert max(shorter.splits["train"]["length"]) == 16

@@ -6,7 +6,6 @@ from collections import Counter
 import pytest
 import torch
 
-from src.data.resumable_loader import ResumableDataLoader
 from src.data.samplers import EvalBatchSampler, TrainBatchSampler
 
 Batches = list[list[int]]
@@ -172,31 +171,48 @@ def test_start_batch_on_a_fresh_sampler_resumes_the_same_epoch() -> None:
     assert list(new) == full[3:]
 
 
-def test_resumable_loader_state_round_trip() -> None:
-    """ResumableDataLoader saves (epoch, batches received); a fresh loader loading it yields the remaining batches
+def test_sampler_state_round_trip() -> None:
+    """The sampler saves (epoch, batches the loop consumed); a fresh sampler loading it yields the remaining batches
     and keeps counting from there."""
     lengths = long_tailed_lengths(100)
-    dataset = list(range(len(lengths)))
-
-    def loader() -> ResumableDataLoader:
-        return ResumableDataLoader(dataset, batch_sampler=TrainBatchSampler(lengths, 8, seed=1))
-
-    first = loader()
-    first.batch_sampler.set_epoch(1)
-    full = [batch.tolist() for batch in first]
+    first = TrainBatchSampler(lengths, 8, seed=1)
+    first.set_epoch(1)
+    full = list(first)
     iterator = iter(first)
-    seen = [next(iterator).tolist() for _ in range(4)]
+    seen = []
+    for _ in range(4):
+        seen.append(next(iterator))
+        first.batch_consumed()
     assert seen == full[:4]
     state = first.state_dict()
     assert state == {"epoch": 1, "batches_received": 4}
 
-    resumed = loader()
+    resumed = TrainBatchSampler(lengths, 8, seed=1)
     resumed.load_state_dict(state)
     iterator = iter(resumed)
-    assert next(iterator).tolist() == full[4]
+    assert next(iterator) == full[4]
+    resumed.batch_consumed()
     assert resumed.state_dict() == {"epoch": 1, "batches_received": 5}
-    assert [batch.tolist() for batch in iterator] == full[5:]
-    assert [batch.tolist() for batch in resumed] == full, "the epoch after resuming is complete again"
+    assert list(iterator) == full[5:]
+    assert list(resumed) == full, "the epoch after resuming is complete again"
+
+
+def test_sampler_state_counts_consumed_not_prefetched_batches() -> None:
+    """Batches handed out ahead of the loop (loader workers, prefetching) are not in the saved position: only
+    those reported consumed are, so a resume does not skip batches that were never trained on."""
+    lengths = long_tailed_lengths(100)
+    sampler = TrainBatchSampler(lengths, 8, seed=2)
+    sampler.set_epoch(3)
+    full = list(sampler)
+    iterator = iter(sampler)
+    prefetched = [next(iterator) for _ in range(6)]
+    for _ in range(2):
+        sampler.batch_consumed()
+    assert prefetched == full[:6]
+    assert sampler.state_dict() == {"epoch": 3, "batches_received": 2}
+    resumed = TrainBatchSampler(lengths, 8, seed=2)
+    resumed.load_state_dict(sampler.state_dict())
+    assert list(resumed) == full[2:]
 
 
 # ----- EvalBatchSampler ----------------------------------------------------------------------------------------
