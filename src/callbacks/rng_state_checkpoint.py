@@ -1,11 +1,11 @@
 """Keep the global random number generators in checkpoints, so a resumed run draws what an uninterrupted one drew.
 
 Lightning restores weights, optimizer, LR schedule and loop counters, and the data module restores the position
-in the epoch (`TrainBatchSampler.state_dict`), but the global RNGs (torch, CUDA, numpy, `random`) are not saved: after a resume, dropout
-masks would differ from those of the run that was never interrupted. `RngStateCheckpoint` stores every rank's RNG
-states in the checkpoint and puts them back just before the first training batch after the resume, i.e. after
-everything else that draws from them while resuming (the sanity check's dataloader, model setup), so training
-continues with exactly the random stream it was using when the checkpoint was written.
+in the epoch (`TrainBatchSampler.state_dict`), but the global RNGs (torch, CUDA, numpy, `random`) are not saved:
+after a resume, dropout masks would differ from those of the run that was never interrupted. `RngStateCheckpoint`
+stores every rank's RNG states in the checkpoint and puts them back just before the first training batch after the
+resume, i.e. after everything else that draws from them while resuming (the sanity check's dataloader, model
+setup), so training continues with exactly the random stream it was using when the checkpoint was written.
 """
 
 import random
