@@ -162,7 +162,7 @@ class TextClassificationDataModule(pl.LightningDataModule):
                 rank_zero_info(f"Reusing tokenized data from {path}")
                 return
             except DamagedCache as err:
-                rank_zero_warn(f"Tokenized data at {path} is damaged ({err}): tokenizing again")
+                rank_zero_warn(f"Tokenized data at {path} is damaged ({err}): rebuilding it")
         tokenized = tokenize_splits(sources, self.tokenizer, self.tokenization, KEEP_TEXT,
                                     self.hparams.tokenize_num_proc)
         save_cache(tokenized, path)

@@ -58,6 +58,8 @@ def test_predict_test_split_writes_rows_in_input_order(checkpoint: Path, tiny_be
     assert path.name == "predictions.jsonl" and (path.parent / "config.yaml").is_file()
     data = TextClassificationDataModule(dataset=str(tiny_yelp), tokenizer_name_or_path=str(tiny_bert), max_length=64,
                                 train_size=80, eval_size=41)
+    data.prepare_data()
+    data.setup("predict")
     texts = data.predict_texts()
     assert len(texts) == 41
     check_rows(read_jsonl(path), texts)
