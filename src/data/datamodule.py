@@ -118,7 +118,7 @@ class TextClassificationDataModule(pl.LightningDataModule):
         self.cache_root = Path(cache_dir or Path(datasets.config.HF_DATASETS_CACHE) / "review_classifier_tokenized")
         self._tokenizer: PreTrainedTokenizerBase | None = None
         self.splits: datasets.DatasetDict | None = None
-        self._inputs: dict[tuple[str, ...], tuple[dict[str, datasets.Dataset], Path]] = {}
+        self._drawn_by_names: dict[tuple[str, ...], tuple[dict[str, datasets.Dataset], Path]] = {}
         self._train_sampler: TrainBatchSampler | None = None
         self._resume_position: dict[str, int] | None = None
 
@@ -138,11 +138,11 @@ class TextClassificationDataModule(pl.LightningDataModule):
             return ("predict",)
         return STAGE_SPLITS.get(fn, ALL_SPLITS)
 
-    def _sources(self) -> tuple[dict[str, datasets.Dataset], Path]:
+    def _drawn(self) -> tuple[dict[str, datasets.Dataset], Path]:
         """The drawn (untokenized) splits and their cache entry; once per process and command, as drawing loads
         and hashes the raw data."""
         names = self._split_names()
-        if names not in self._inputs:
+        if names not in self._drawn_by_names:
             hp = self.hparams
             if names == ("predict",):
                 sources = {"predict": load_predict_file(hp.predict_file, hp.text_column)}
@@ -151,11 +151,11 @@ class TextClassificationDataModule(pl.LightningDataModule):
                     split, name, hp.text_column, hp.label_column, hp.num_labels))
                 sources = draw_splits(raw, names, self.split_plan, hp.label_column)
             path = cache_path(self.cache_root, hp.dataset, sources, self.tokenizer, self.tokenization, KEEP_TEXT)
-            self._inputs[names] = sources, path
-        return self._inputs[names]
+            self._drawn_by_names[names] = sources, path
+        return self._drawn_by_names[names]
 
     def prepare_data(self) -> None:
-        sources, path = self._sources()
+        sources, path = self._drawn()
         if path.exists():
             try:
                 load_cache(path)
@@ -171,7 +171,7 @@ class TextClassificationDataModule(pl.LightningDataModule):
     def setup(self, stage: str) -> None:
         """Loads what `prepare_data` prepared: the splits of the command `stage` names under a Trainer, or all of
         them without one. Splits of an earlier command on this instance (fit before test_after_fit) stay."""
-        _, path = self._sources()
+        _, path = self._drawn()
         if not path.exists():
             raise UserInputError(f"no tokenized data at {path}: call prepare_data() before setup()")
         try:

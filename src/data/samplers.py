@@ -3,7 +3,9 @@
 Why our own samplers: Lightning's DistributedSampler repeats examples to even out ranks (skewing eval metrics),
 and neither torch nor Lightning groups by length. HF's `LengthGroupedSampler` does, but it is single-process
 and has no token budget. Both samplers here shard by rank themselves, so the Trainer runs with
-`use_distributed_sampler=False` (set by `src.cli`).
+`use_distributed_sampler=False` (set in `configs/defaults.yaml`). The data module does not check it: under DDP
+with it on, Lightning itself refuses to inject its sampler into these (they are not `BatchSampler`s), with an
+error naming that setting.
 """
 
 import math
