@@ -386,6 +386,10 @@ def summarize(result: dict[str, Any], n_eval: int) -> dict[str, float]:
             "peak_mem": result["peak_gpu_mem"] if result.get("peak_gpu_mem") else result["peak_rss"]}
 
 
+def _seconds(value: float) -> str:
+    return f"{value:.1f}" if value >= 10 else f"{value:.2f}"
+
+
 def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
     n = args.eval_samples
     on_gpu = args.device == "cuda"
@@ -397,7 +401,7 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
         s = stats[r["recipe"]]
-        row = [r["label"], str(r["steps"]), f"{r['wall_seconds']:.0f}", f"{r['seconds']:.1f}",
+        row = [r["label"], str(r["steps"]), f"{r['wall_seconds']:.0f}", _seconds(r["seconds"]),
                f"{s['samples_per_sec']:.2f}", f"{s['real_tokens_per_sec']:.0f}", f"{s['padding_ratio']:.0%}",
                f"{s['peak_mem'] / 2**30:.2f}", f"{r['train_loss']:.3f}",
                f"{r['test_accuracy']:.3f} ± {s['accuracy_se']:.3f}"]

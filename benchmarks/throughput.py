@@ -7,6 +7,8 @@
   (c) project   `python -m src.cli fit` with this template's defaults (padding per batch, length-grouped batches,
                 batch 8, AdamW 5e-5, linear schedule, checkpoints, ThroughputMonitor).
   (c') budget   (c) with `--data.max_tokens N` (only with `--max-tokens N`).
+  (c+) compile  (c) with `--model.compile true` (`--variants ...,c_compile`); its timed loop includes compilation,
+                so read it next to ThroughputMonitor's figures after `--monitor-warmup-steps N`.
 
 All variants train 1 epoch on the same first `--train-samples` rows of the shuffled train split (seed 42, the rows
 the tutorial's `shuffle(seed=42).select(...)` and the data module draw) and report accuracy on the same
@@ -54,6 +56,7 @@ VARIANTS = {
     "b": "(b) HF Trainer, dynamic pad + group_by_length",
     "c": "(c) src.cli fit, defaults",
     "c_budget": "(c') src.cli fit, max_tokens",
+    "c_compile": "(c+) src.cli fit, --model.compile true",
 }
 
 
@@ -246,7 +249,8 @@ def run_hf(variant: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 # ----- (c): src.cli fit ---------------------------------------------------------------------------------------------
-def cli_command(args: argparse.Namespace, work: Path, probe_out: Path, max_tokens: int | None) -> list[str]:
+def cli_command(args: argparse.Namespace, work: Path, probe_out: Path, max_tokens: int | None,
+                compile_model: bool = False) -> list[str]:
     probe_config = work / f"probe-{probe_out.stem}.yaml"
     probe_config.write_text(json.dumps({"trainer": {"callbacks": [{
         "class_path": "benchmarks.throughput.LightningProbe", "init_args": {"out": str(probe_out)}}]}}))
@@ -262,13 +266,16 @@ def cli_command(args: argparse.Namespace, work: Path, probe_out: Path, max_token
         "--trainer.accelerator", "gpu" if on_gpu else "cpu",
         "--trainer.devices", "1",
         "--trainer.logger.init_args.save_dir", str(work / "logs"),
-        "--throughput.warmup_steps", "0",  # ThroughputMonitor's epoch figures then cover the whole epoch
+        # 0: ThroughputMonitor's epoch figures cover the whole epoch; more: steady state (after compilation)
+        "--throughput.warmup_steps", str(args.monitor_warmup_steps),
         "--test_after_fit", "true",
     ]
     if on_gpu and args.precision == "bf16":
         command += ["--trainer.precision", "bf16-mixed"]
     if max_tokens is not None:
         command += ["--data.max_tokens", str(max_tokens)]
+    if compile_model:
+        command += ["--model.compile", "true"]
     return command
 
 
@@ -296,7 +303,8 @@ def run_variant(variant: str, args: argparse.Namespace, work: Path) -> dict[str,
         command = [sys.executable, "-m", "benchmarks.throughput", "--child", variant, "--child-out", str(result_file),
                    *args.passthrough]
     else:
-        command = cli_command(args, work, result_file, args.max_tokens if variant == "c_budget" else None)
+        command = cli_command(args, work, result_file, args.max_tokens if variant == "c_budget" else None,
+                              compile_model=variant == "c_compile")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(REPO)}
     if args.threads is not None:
         env["OMP_NUM_THREADS"] = str(args.threads)
@@ -354,9 +362,11 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
     for r in results:
         if r.get("monitor"):
             mon = r["monitor"]
-            lines.append(f"{r['variant']}: ThroughputMonitor perf/epoch/ (its own timing, cross-check): "
-                         f"{mon.get('samples_per_sec', 0):.2f} samples/s, {mon.get('real_tokens_per_sec', 0):.0f} "
-                         f"real tok/s, padding {mon.get('padding_ratio', 0):.0%}")
+            mfu = f", MFU {mon['mfu']:.1%}" if "mfu" in mon else ""
+            lines.append(f"{r['variant']}: ThroughputMonitor perf/epoch/ (its own timing, cross-check; after "
+                         f"{args.monitor_warmup_steps} warm-up steps): {mon.get('samples_per_sec', 0):.2f} samples/s, "
+                         f"{mon.get('real_tokens_per_sec', 0):.0f} real tok/s, padding "
+                         f"{mon.get('padding_ratio', 0):.0%}{mfu}")
     lines.append("load average (1 min) before/after each variant: " + ", ".join(
         f"{r['variant']} {r['load_before'][0]:.2f}/{r['load_after'][0]:.2f}" for r in results))
     lines.append("process wall time (s, incl. load, tokenize, eval): " + ", ".join(
@@ -378,7 +388,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="OMP_NUM_THREADS for every variant (default: torch's choice, one per core); use 1 on a "
                              "machine shared with other jobs, where 2 spinning torch threads per process thrash")
     parser.add_argument("--max-tokens", type=int, default=None, help="also run (c') with this token budget")
-    parser.add_argument("--variants", default="a,b,c", help="comma list of a, b, c (c' follows --max-tokens)")
+    parser.add_argument("--variants", default="a,b,c",
+                        help="comma list of a, b, c, c_budget, c_compile (c_budget is added by --max-tokens)")
+    parser.add_argument("--monitor-warmup-steps", type=int, default=0,
+                        help="(c) variants: ThroughputMonitor warm-up steps before its perf/epoch/ figures")
     parser.add_argument("--work", type=Path, default=REPO / "benchmarks" / "out" / "throughput")
     parser.add_argument("--child", choices=("a", "b"), help=argparse.SUPPRESS)
     parser.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)
@@ -402,22 +415,28 @@ def main(argv: list[str] | None = None) -> None:
                         "--dataset", str(args.dataset), "--train-samples", str(args.train_samples),
                         "--eval-samples", str(args.eval_samples)]
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    if args.max_tokens is not None:
+    unknown = set(variants) - set(VARIANTS)
+    if unknown:
+        raise SystemExit(f"error: --variants: unknown {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
+    if args.max_tokens is not None and "c_budget" not in variants:
         variants.append("c_budget")
+    if "c_budget" in variants and args.max_tokens is None:
+        raise SystemExit("error: --variants c_budget needs --max-tokens N")
     results = []
     for variant in variants:
         print(f"running {VARIANTS[variant]} ...", flush=True)
         results.append(run_variant(variant, args, args.work))
         r = results[-1]
         print(f"  done in {r['process_seconds']:.0f} s (training loop {r['seconds']:.1f} s)", flush=True)
-    text = report(results, args)
-    header = (f"model {args.model}, device {args.device}, {args.train_samples} train / {args.eval_samples} eval "
-              f"reviews, 1 epoch, batch {BATCH_SIZE}, max_length {MAX_LENGTH}, torch threads "
-              f"{results[0]['threads']}, {os.cpu_count()} CPUs")
+        text = report(results, args)
+        header = (f"model {args.model}, device {args.device}, {args.train_samples} train / {args.eval_samples} "
+                  f"eval reviews, 1 epoch, batch {BATCH_SIZE}, max_length {MAX_LENGTH}, torch threads "
+                  f"{results[0]['threads']}, {os.cpu_count()} CPUs")
+        # written after every variant, so a run cut short by a time limit keeps what it finished
+        (args.work / "results.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
+                                                            "results": results}, indent=1, default=str))
+        (args.work / "results.md").write_text(header + "\n\n" + text + "\n")
     print("\n" + header + "\n\n" + text)
-    (args.work / "results.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
-                                                        "results": results}, indent=1, default=str))
-    (args.work / "results.md").write_text(header + "\n\n" + text + "\n")
 
 
 if __name__ == "__main__":
