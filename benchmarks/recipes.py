@@ -19,8 +19,10 @@ Every recipe trains on the first `--train-samples` rows of the train split shuff
 `--eval-samples` rows of the test split shuffled the same way; each runs in its own subprocess, so peak memory
 is its own. Times: "wall" is the whole subprocess (imports, model load, tokenization, training, evaluation);
 "train" is the training epochs only (framework epoch-begin to epoch-end hooks, evaluation excluded; for (d)
-`benchmarks.throughput.LightningProbe`), and samples/s and tokens/s use it. Real tokens are attention-mask tokens
-of the batches the model received. Peak memory: the subprocess's peak RSS (VmHWM); on a GPU also
+`benchmarks.throughput.LightningProbe`), and samples/s and tokens/s use it; "train CPU s" is the process CPU time
+(all threads) over the same spans, which does not grow while other jobs hold a shared CPU, so it compares recipes
+more fairly than wall time there (with `--threads 1`, it is the compute time). Real tokens are attention-mask
+tokens of the batches the model received. Peak memory: the subprocess's peak RSS (VmHWM); on a GPU also
 `torch.cuda.max_memory_allocated`. Test accuracy comes with its binomial standard error sqrt(p(1-p)/n).
 
     python -m benchmarks.recipes                     # defaults: data/yelp_sample, MiniLM, 360/120 rows, 3 epochs
@@ -35,6 +37,7 @@ import json
 import math
 import os
 import platform
+import resource
 import subprocess
 import sys
 import tempfile
@@ -77,17 +80,37 @@ def tutorial_data(args: argparse.Namespace) -> tuple[Any, Any, str]:
     return small_train.map(tokenize_function, batched=True), small_eval.map(tokenize_function, batched=True), path
 
 
+class EpochClock:
+    """Wall and process CPU time of the training epochs (CPU time does not grow while other jobs hold the cores)."""
+
+    def __init__(self) -> None:
+        self.seconds = self.cpu_seconds = 0.0
+        self.running = False
+        self._t0 = self._cpu0 = 0.0
+
+    def start(self) -> None:
+        self.running, self._t0, self._cpu0 = True, time.perf_counter(), time.process_time()
+
+    def stop(self) -> None:
+        if self.running:
+            _sync()
+            self.seconds += time.perf_counter() - self._t0
+            self.cpu_seconds += time.process_time() - self._cpu0
+            self.running = False
+
+
 def _device() -> Any:
     import torch
 
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
-def _finish(result: dict[str, Any], counter: BatchCounter, seconds: float) -> dict[str, Any]:
+def _finish(result: dict[str, Any], counter: BatchCounter, clock: "EpochClock") -> dict[str, Any]:
     import torch
 
     on_gpu = torch.cuda.is_available() and torch.cuda.is_initialized()
-    return {**result, **counter.summary(), "seconds": seconds, "peak_rss": peak_rss_bytes(),
+    return {**result, **counter.summary(), "seconds": clock.seconds, "cpu_seconds": clock.cpu_seconds,
+            "peak_rss": peak_rss_bytes(),
             "peak_gpu_mem": torch.cuda.max_memory_allocated() if on_gpu else None,
             "threads": torch.get_num_threads()}
 
@@ -107,21 +130,20 @@ def run_trainer(args: argparse.Namespace) -> dict[str, Any]:
     set_seed(SEED)
     small_train_dataset, small_eval_dataset, path = tutorial_data(args)
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=NUM_LABELS)
-    counter, clock = BatchCounter(), {"in_epoch": False, "t0": 0.0, "seconds": 0.0}
+    counter, clock = BatchCounter(), EpochClock()
 
     def counting_collator(features: list[dict]) -> dict:  # the Trainer's default collator, counted in training
         batch = default_data_collator(features)
-        if clock["in_epoch"]:
+        if clock.running:
             counter.add(batch["input_ids"], batch["attention_mask"])
         return batch
 
     class EpochTimer(TrainerCallback):  # on_epoch_end comes before the epoch's evaluation
         def on_epoch_begin(self, *_: Any, **__: Any) -> None:
-            clock["in_epoch"], clock["t0"] = True, time.perf_counter()
+            clock.start()
 
         def on_epoch_end(self, *_: Any, **__: Any) -> None:
-            _sync()
-            clock["in_epoch"], clock["seconds"] = False, clock["seconds"] + time.perf_counter() - clock["t0"]
+            clock.stop()
 
     def compute_metrics(eval_pred: Any) -> dict[str, float]:
         logits, labels = eval_pred
@@ -145,7 +167,7 @@ def run_trainer(args: argparse.Namespace) -> dict[str, Any]:
         output = trainer.train()
     evals = [entry["eval_accuracy"] for entry in trainer.state.log_history if "eval_accuracy" in entry]
     return _finish({"test_accuracy": evals[-1], "accuracy_per_epoch": evals, "train_loss": output.training_loss},
-                   counter, clock["seconds"])
+                   counter, clock)
 
 
 def _sync() -> None:
@@ -180,8 +202,8 @@ def run_pytorch(args: argparse.Namespace) -> dict[str, Any]:
     device = _device()
     model.to(device)
 
-    counter, loss_sum = BatchCounter(), 0.0
-    start = time.perf_counter()
+    counter, loss_sum, clock = BatchCounter(), 0.0, EpochClock()
+    clock.start()
     progress_bar = tqdm(range(num_training_steps))
     model.train()
     for _epoch in range(num_epochs):
@@ -196,8 +218,7 @@ def run_pytorch(args: argparse.Namespace) -> dict[str, Any]:
             optimizer.zero_grad()
             progress_bar.update(1)
             loss_sum += loss.item()
-    _sync()
-    seconds = time.perf_counter() - start
+    clock.stop()
 
     correct, total = 0, 0  # tutorial: metric.add_batch(...) per batch, then metric.compute()
     model.eval()
@@ -210,7 +231,7 @@ def run_pytorch(args: argparse.Namespace) -> dict[str, Any]:
         correct += int((predictions == batch["labels"]).sum())
         total += len(predictions)
     return _finish({"test_accuracy": correct / total, "train_loss": loss_sum / max(1, counter.steps)},
-                   counter, seconds)
+                   counter, clock)
 
 
 # ----- (c) the tutorial's Keras recipe, on Keras 3 with the PyTorch backend ---------------------------------------
@@ -228,8 +249,7 @@ def run_keras(args: argparse.Namespace) -> dict[str, Any]:
     # transformers 5 has no TF models (TFAutoModelForSequenceClassification): the torch model runs inside Keras 3
     hf_model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=NUM_LABELS)
     columns = [c for c in ("input_ids", "attention_mask", "token_type_ids") if c in small_train_dataset.column_names]
-    counter = BatchCounter()
-    clock = {"in_epoch": False, "t0": 0.0, "seconds": 0.0}
+    counter, clock = BatchCounter(), EpochClock()
 
     class Logits(torch.nn.Module):
         """A Keras layer returns tensors; the HF model returns a ModelOutput."""
@@ -267,7 +287,7 @@ def run_keras(args: argparse.Namespace) -> dict[str, Any]:
         def __getitem__(self, index: int) -> tuple[dict, np.ndarray]:
             rows = self.order[index * BATCH_SIZE:(index + 1) * BATCH_SIZE]
             x = {c: values[rows] for c, values in self.features.items()}
-            if self.count and clock["in_epoch"]:
+            if self.count and clock.running:
                 counter.add(torch.from_numpy(x["input_ids"]), torch.from_numpy(x["attention_mask"]))
             return x, self.labels[rows]
 
@@ -277,18 +297,13 @@ def run_keras(args: argparse.Namespace) -> dict[str, Any]:
 
     class EpochTimer(keras.callbacks.Callback):  # on_test_begin: fit's validation starts, training is over
         def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-            clock["in_epoch"], clock["t0"] = True, time.perf_counter()
-
-        def _stop(self) -> None:
-            if clock["in_epoch"]:
-                _sync()
-                clock["in_epoch"], clock["seconds"] = False, clock["seconds"] + time.perf_counter() - clock["t0"]
+            clock.start()
 
         def on_test_begin(self, logs: dict | None = None) -> None:
-            self._stop()
+            clock.stop()
 
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-            self._stop()
+            clock.stop()
 
     tf_train_dataset = ReviewBatches(small_train_dataset, shuffle=True, count=True)
     tf_validation_dataset = ReviewBatches(small_eval_dataset, shuffle=False, count=False)
@@ -313,7 +328,7 @@ def run_keras(args: argparse.Namespace) -> dict[str, Any]:
     return _finish({"test_accuracy": float(accuracy[-1]), "accuracy_per_epoch": [float(a) for a in accuracy],
                     "train_loss": float(np.mean(history.history["loss"])), "keras_backend": keras.backend.backend(),
                     "keras_version": keras.__version__, "weights_changed": len(changed),
-                    "weights_total": len(before), "max_weight_change": max_change}, counter, clock["seconds"])
+                    "weights_total": len(before), "max_weight_change": max_change}, counter, clock)
 
 
 # ----- (d) this template ------------------------------------------------------------------------------------------
@@ -360,19 +375,23 @@ def run_recipe(recipe: str, args: argparse.Namespace) -> dict[str, Any]:
         env["OMP_NUM_THREADS"] = str(args.threads)
     log_file = work / f"{recipe}.log"
     load_before = os.getloadavg()
+    usage_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     with log_file.open("w") as log:
         log.write(" ".join(command) + "\n\n")
         log.flush()
         process = subprocess.run(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     wall = time.perf_counter() - start
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    process_cpu = usage.ru_utime + usage.ru_stime - usage_before.ru_utime - usage_before.ru_stime
     if process.returncode != 0 or not result_file.exists():
         tail = log_file.read_text()[-3000:]
         raise RuntimeError(f"recipe {recipe} failed (exit {process.returncode}); log {log_file}:\n{tail}")
     result = json.loads(result_file.read_text())
     if recipe == "d":
         result["test_accuracy"] = result.pop("eval_accuracy")
-    result.update(recipe=recipe, label=RECIPES[recipe], wall_seconds=wall, load_before=load_before,
+    result.update(recipe=recipe, label=RECIPES[recipe], wall_seconds=wall, process_cpu_seconds=process_cpu,
+                  load_before=load_before,
                   load_after=os.getloadavg(), command=" ".join(command))
     return result
 
@@ -383,6 +402,7 @@ def summarize(result: dict[str, Any], n_eval: int) -> dict[str, float]:
     return {"samples_per_sec": result["samples"] / seconds, "real_tokens_per_sec": result["real_tokens"] / seconds,
             "padding_ratio": 1 - result["real_tokens"] / max(1, result["padded_tokens"]),
             "accuracy_se": math.sqrt(p * (1 - p) / n_eval),
+            "cpu_ms_per_sample": 1000 * result["cpu_seconds"] / result["samples"] if "cpu_seconds" in result else None,
             "peak_mem": result["peak_gpu_mem"] if result.get("peak_gpu_mem") else result["peak_rss"]}
 
 
@@ -395,22 +415,24 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
     on_gpu = args.device == "cuda"
     stats = {r["recipe"]: summarize(r, n) for r in results}
     ref = next((r for r in results if r["recipe"] == "d"), None)
-    head = ["recipe", "steps", "wall s", "train s", "train samples/s", "real tok/s", "padding",
+    head = ["recipe", "steps", "wall s", "train s", "train CPU s", "train samples/s", "real tok/s", "padding",
             "peak GPU mem (GiB)" if on_gpu else "peak RSS (GiB)", "train loss", f"test acc ± SE (n={n})",
-            "wall vs (d)", "samples/s vs (d)", "memory vs (d)"]
+            "wall vs (d)", "samples/s vs (d)", "CPU s vs (d)", "memory vs (d)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
         s = stats[r["recipe"]]
         row = [r["label"], str(r["steps"]), f"{r['wall_seconds']:.0f}", _seconds(r["seconds"]),
+               _seconds(r["cpu_seconds"]),
                f"{s['samples_per_sec']:.2f}", f"{s['real_tokens_per_sec']:.0f}", f"{s['padding_ratio']:.0%}",
                f"{s['peak_mem'] / 2**30:.2f}", f"{r['train_loss']:.3f}",
                f"{r['test_accuracy']:.3f} ± {s['accuracy_se']:.3f}"]
         if ref is None:
-            row += ["", "", ""]
+            row += ["", "", "", ""]
         else:
             d = stats["d"]
             row += [f"x{r['wall_seconds'] / ref['wall_seconds']:.2f}",
-                    f"x{s['samples_per_sec'] / d['samples_per_sec']:.2f}", f"x{s['peak_mem'] / d['peak_mem']:.2f}"]
+                    f"x{s['samples_per_sec'] / d['samples_per_sec']:.2f}",
+                    f"x{r['cpu_seconds'] / ref['cpu_seconds']:.2f}", f"x{s['peak_mem'] / d['peak_mem']:.2f}"]
         lines.append("| " + " | ".join(row) + " |")
     lines.append(f"\nchance: {1 / NUM_LABELS:.3f}; one binomial SE at 50% on {n} reviews: {0.5 / n ** 0.5:.3f}")
     for r in results:
@@ -421,6 +443,8 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
             lines.append(f"{r['recipe']}: Keras backend {r['keras_backend']} (keras {r['keras_version']}); fit changed "
                          f"{r['weights_changed']} of {r['weights_total']} torch weight tensors (max |change| "
                          f"{r['max_weight_change']:.2e})")
+    lines.append("whole-process CPU s (all threads, incl. imports, load, eval): " + ", ".join(
+        f"{r['recipe']} {r['process_cpu_seconds']:.0f}" for r in results))
     lines.append("load average (1 min) before/after each recipe: " + ", ".join(
         f"{r['recipe']} {r['load_before'][0]:.2f}/{r['load_after'][0]:.2f}" for r in results))
     return "\n".join(lines)

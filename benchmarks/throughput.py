@@ -121,7 +121,9 @@ class LightningProbe(pl.Callback):
         self.counter = BatchCounter()
         self.loss_sum: torch.Tensor | None = None
         self.seconds = 0.0
+        self.cpu_seconds = 0.0  # process CPU time in the same spans: robust to other jobs on a shared CPU
         self._t0: float | None = None
+        self._cpu0 = 0.0
         self._started = False
         self.result: dict[str, Any] = {}
 
@@ -130,12 +132,12 @@ class LightningProbe(pl.Callback):
         if pl_module.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         _sync()
-        self._started, self._t0 = True, time.perf_counter()
+        self._started, self._t0, self._cpu0 = True, time.perf_counter(), time.process_time()
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
                              batch_idx: int) -> None:
         if self._started and self._t0 is None:  # resuming after a mid-epoch validation
-            self._t0 = time.perf_counter()
+            self._t0, self._cpu0 = time.perf_counter(), time.process_time()
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
@@ -147,6 +149,7 @@ class LightningProbe(pl.Callback):
         if self._t0 is not None:
             _sync()
             self.seconds += time.perf_counter() - self._t0
+            self.cpu_seconds += time.process_time() - self._cpu0
             self._t0 = None
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -157,7 +160,7 @@ class LightningProbe(pl.Callback):
         self._started = False
         monitor = {k.removeprefix("perf/epoch/"): float(v) for k, v in trainer.callback_metrics.items()
                    if k.startswith("perf/epoch/")}
-        self.result.update(self.counter.summary(), seconds=self.seconds, monitor=monitor,
+        self.result.update(self.counter.summary(), seconds=self.seconds, cpu_seconds=self.cpu_seconds, monitor=monitor,
                            train_loss=float(self.loss_sum) / max(1, self.counter.steps),
                            peak_gpu_mem=torch.cuda.max_memory_allocated() if pl_module.device.type == "cuda" else None,
                            peak_rss=peak_rss_bytes())

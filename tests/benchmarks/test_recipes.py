@@ -26,12 +26,12 @@ def test_all_four_recipes_run_and_report(tiny_bert: Path, tiny_yelp: Path, tmp_p
     table = (work / "results.md").read_text()
     rows = [line.split(" | ") for line in table.splitlines() if line.startswith("| (")]
     assert [row[0].removeprefix("| ") for row in rows] == list(RECIPES.values())
-    assert rows[-1][-3:] == ["x1.00", "x1.00", "x1.00 |"]  # (d) is the reference
+    assert rows[-1][-4:] == ["x1.00", "x1.00", "x1.00", "x1.00 |"]  # (d) is the reference
     results = {r["recipe"]: r for r in json.loads((work / "results.json").read_text())["results"]}
     assert list(results) == ["a", "b", "c", "d"]
     for r in results.values():
         assert r["samples"] == 16 and r["steps"] == 2, r["recipe"]  # 1 epoch of 16 rows in batches of 8
-        assert 0 < r["seconds"] < r["wall_seconds"]
+        assert 0 < r["seconds"] < r["wall_seconds"] and 0 < r["cpu_seconds"] < r["process_cpu_seconds"]
         assert 0 < r["real_tokens"] <= r["padded_tokens"]
         assert 0 <= r["test_accuracy"] <= 1 and 1.0 < r["train_loss"] < 2.5  # ~ln 5 for a barely trained model
         assert r["peak_rss"] > 100 * 2**20
@@ -45,11 +45,12 @@ def test_all_four_recipes_run_and_report(tiny_bert: Path, tiny_yelp: Path, tmp_p
 
 
 def test_standard_error_is_binomial() -> None:
-    result = {"test_accuracy": 0.5, "seconds": 2.0, "samples": 16, "real_tokens": 300, "padded_tokens": 400,
-              "peak_rss": 1, "peak_gpu_mem": None}
+    result = {"test_accuracy": 0.5, "seconds": 2.0, "cpu_seconds": 1.6, "samples": 16, "real_tokens": 300,
+              "padded_tokens": 400, "peak_rss": 1, "peak_gpu_mem": None}
     summary = summarize(result, n_eval=100)
     assert summary["accuracy_se"] == pytest.approx(0.05)
     assert summary["samples_per_sec"] == 8 and summary["padding_ratio"] == pytest.approx(0.25)
+    assert summary["cpu_ms_per_sample"] == pytest.approx(100)
 
 
 def test_readme_command_parses() -> None:
