@@ -7,6 +7,8 @@
   (c) project   `python -m src.cli fit` with this template's defaults (padding per batch, length-grouped batches,
                 batch 8, AdamW 5e-5, linear schedule, checkpoints, ThroughputMonitor).
   (c') budget   (c) with `--data.max_tokens N` (only with `--max-tokens N`).
+  (c+) compile  (c) with `--model.compile true` (`--variants ...,c_compile`); its timed loop includes compilation,
+                so read it next to the steady-state rates after `--warmup-steps N` (the (c) variants report them).
 
 All variants train 1 epoch on the same first `--train-samples` rows of the shuffled train split (seed 42, the rows
 the tutorial's `shuffle(seed=42).select(...)` and the data module draw) and report accuracy on the same
@@ -54,6 +56,7 @@ VARIANTS = {
     "b": "(b) HF Trainer, dynamic pad + group_by_length",
     "c": "(c) src.cli fit, defaults",
     "c_budget": "(c') src.cli fit, max_tokens",
+    "c_compile": "(c+) src.cli fit, --model.compile true",
 }
 
 
@@ -109,16 +112,21 @@ def _model_facts(model: torch.nn.Module, device: torch.device, precision: str) -
 
 
 class LightningProbe(pl.Callback):
-    """Added to (c) through `--config` (trainer.callbacks): times the training loop like the HF runs, counts the
-    batches, and writes what it measured (plus ThroughputMonitor's epoch metrics and the test accuracy) to `out`."""
+    """Added to (c) with `--trainer.callbacks+=`: times the training loop like the HF runs, counts the batches, and
+    writes what it measured (plus ThroughputMonitor's epoch metrics and the test accuracy) to `out`. With
+    `warmup_steps`, also the counts and time after that many steps (`steady`: compilation and autotuning excluded)."""
 
-    def __init__(self, out: str) -> None:
+    def __init__(self, out: str, warmup_steps: int = 0) -> None:
         super().__init__()
         self.out = Path(out)
+        self.warmup_steps = warmup_steps
+        self._warm: tuple[dict[str, int], float] | None = None
         self.counter = BatchCounter()
         self.loss_sum: torch.Tensor | None = None
         self.seconds = 0.0
+        self.cpu_seconds = 0.0  # process CPU time in the same spans: robust to other jobs on a shared CPU
         self._t0: float | None = None
+        self._cpu0 = 0.0
         self._started = False
         self.result: dict[str, Any] = {}
 
@@ -127,23 +135,28 @@ class LightningProbe(pl.Callback):
         if pl_module.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         _sync()
-        self._started, self._t0 = True, time.perf_counter()
+        self._started, self._t0, self._cpu0 = True, time.perf_counter(), time.process_time()
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
                              batch_idx: int) -> None:
         if self._started and self._t0 is None:  # resuming after a mid-epoch validation
-            self._t0 = time.perf_counter()
+            self._t0, self._cpu0 = time.perf_counter(), time.process_time()
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         self.counter.add(batch["input_ids"], batch["attention_mask"])
         loss = outputs["loss"].detach().float()
         self.loss_sum = loss if self.loss_sum is None else self.loss_sum + loss
+        if self.warmup_steps and self.counter.steps == self.warmup_steps:
+            self._pause()
+            self._warm = (self.counter.summary(), self.seconds)
+            self._t0, self._cpu0 = time.perf_counter(), time.process_time()
 
     def _pause(self) -> None:
         if self._t0 is not None:
             _sync()
             self.seconds += time.perf_counter() - self._t0
+            self.cpu_seconds += time.process_time() - self._cpu0
             self._t0 = None
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -154,10 +167,14 @@ class LightningProbe(pl.Callback):
         self._started = False
         monitor = {k.removeprefix("perf/epoch/"): float(v) for k, v in trainer.callback_metrics.items()
                    if k.startswith("perf/epoch/")}
-        self.result.update(self.counter.summary(), seconds=self.seconds, monitor=monitor,
+        self.result.update(self.counter.summary(), seconds=self.seconds, cpu_seconds=self.cpu_seconds, monitor=monitor,
                            train_loss=float(self.loss_sum) / max(1, self.counter.steps),
                            peak_gpu_mem=torch.cuda.max_memory_allocated() if pl_module.device.type == "cuda" else None,
                            peak_rss=peak_rss_bytes())
+        if self._warm is not None:
+            warm_counts, warm_seconds = self._warm
+            steady = {k: v - warm_counts[k] for k, v in self.counter.summary().items()}
+            self.result["steady"] = {**steady, "seconds": self.seconds - warm_seconds, "after": self.warmup_steps}
         self._write()
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -246,13 +263,13 @@ def run_hf(variant: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 # ----- (c): src.cli fit ---------------------------------------------------------------------------------------------
-def cli_command(args: argparse.Namespace, work: Path, probe_out: Path, max_tokens: int | None) -> list[str]:
-    probe_config = work / f"probe-{probe_out.stem}.yaml"
-    probe_config.write_text(json.dumps({"trainer": {"callbacks": [{
-        "class_path": "benchmarks.throughput.LightningProbe", "init_args": {"out": str(probe_out)}}]}}))
+def cli_command(args: argparse.Namespace, work: Path, probe_out: Path, max_tokens: int | None,
+                compile_model: bool = False) -> list[str]:
+    probe = {"class_path": "benchmarks.throughput.LightningProbe",
+             "init_args": {"out": str(probe_out), "warmup_steps": args.warmup_steps}}
     on_gpu = args.device == "cuda"
     command = [
-        sys.executable, "-m", "src.cli", "fit", "--config", str(probe_config),
+        sys.executable, "-m", "src.cli", "fit", f"--trainer.callbacks+={json.dumps(probe)}",  # + the defaults' list
         "--model.model_name_or_path", args.model,
         "--data.dataset", str(args.dataset),
         "--data.train_size", str(args.train_samples),
@@ -262,13 +279,14 @@ def cli_command(args: argparse.Namespace, work: Path, probe_out: Path, max_token
         "--trainer.accelerator", "gpu" if on_gpu else "cpu",
         "--trainer.devices", "1",
         "--trainer.logger.init_args.save_dir", str(work / "logs"),
-        "--throughput.warmup_steps", "0",  # ThroughputMonitor's epoch figures then cover the whole epoch
         "--test_after_fit", "true",
     ]
     if on_gpu and args.precision == "bf16":
         command += ["--trainer.precision", "bf16-mixed"]
     if max_tokens is not None:
         command += ["--data.max_tokens", str(max_tokens)]
+    if compile_model:
+        command += ["--model.compile", "true"]
     return command
 
 
@@ -296,7 +314,8 @@ def run_variant(variant: str, args: argparse.Namespace, work: Path) -> dict[str,
         command = [sys.executable, "-m", "benchmarks.throughput", "--child", variant, "--child-out", str(result_file),
                    *args.passthrough]
     else:
-        command = cli_command(args, work, result_file, args.max_tokens if variant == "c_budget" else None)
+        command = cli_command(args, work, result_file, args.max_tokens if variant == "c_budget" else None,
+                              compile_model=variant == "c_compile")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(REPO)}
     if args.threads is not None:
         env["OMP_NUM_THREADS"] = str(args.threads)
@@ -354,9 +373,17 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
     for r in results:
         if r.get("monitor"):
             mon = r["monitor"]
-            lines.append(f"{r['variant']}: ThroughputMonitor perf/epoch/ (its own timing, cross-check): "
-                         f"{mon.get('samples_per_sec', 0):.2f} samples/s, {mon.get('real_tokens_per_sec', 0):.0f} "
-                         f"real tok/s, padding {mon.get('padding_ratio', 0):.0%}")
+            mfu = f", MFU {mon['mfu']:.1%}" if "mfu" in mon else ""
+            lines.append(f"{r['variant']}: ThroughputMonitor perf/epoch/ (its own timing and warm-up, cross-check): "
+                         f"{mon.get('samples_per_sec', 0):.2f} samples/s, {mon.get('real_tokens_per_sec', 0):.0f} real "
+                         f"tok/s, padding {mon.get('padding_ratio', 0):.0%}{mfu}")
+    for r in results:
+        if r.get("steady") and r["steady"]["seconds"] > 0:
+            m = rates({**r, **r["steady"]})
+            mfu = f", MFU {m['mfu']:.1%}" if "mfu" in m else ""
+            lines.append(f"{r['variant']}: steady state after {r['steady']['after']} steps: "
+                         f"{m['samples_per_sec']:.2f} samples/s, {m['real_tokens_per_sec']:.0f} real tok/s, "
+                         f"{m['tflops_per_device']:.3g} TFLOP/s{mfu}")
     lines.append("load average (1 min) before/after each variant: " + ", ".join(
         f"{r['variant']} {r['load_before'][0]:.2f}/{r['load_after'][0]:.2f}" for r in results))
     lines.append("process wall time (s, incl. load, tokenize, eval): " + ", ".join(
@@ -378,7 +405,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="OMP_NUM_THREADS for every variant (default: torch's choice, one per core); use 1 on a "
                              "machine shared with other jobs, where 2 spinning torch threads per process thrash")
     parser.add_argument("--max-tokens", type=int, default=None, help="also run (c') with this token budget")
-    parser.add_argument("--variants", default="a,b,c", help="comma list of a, b, c (c' follows --max-tokens)")
+    parser.add_argument("--variants", default="a,b,c",
+                        help="comma list of a, b, c, c_budget, c_compile (c_budget is added by --max-tokens)")
+    parser.add_argument("--warmup-steps", type=int, default=0,
+                        help="(c) variants: also report rates after this many steps (compilation excluded)")
     parser.add_argument("--work", type=Path, default=REPO / "benchmarks" / "out" / "throughput")
     parser.add_argument("--child", choices=("a", "b"), help=argparse.SUPPRESS)
     parser.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)
@@ -402,22 +432,28 @@ def main(argv: list[str] | None = None) -> None:
                         "--dataset", str(args.dataset), "--train-samples", str(args.train_samples),
                         "--eval-samples", str(args.eval_samples)]
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    if args.max_tokens is not None:
+    unknown = set(variants) - set(VARIANTS)
+    if unknown:
+        raise SystemExit(f"error: --variants: unknown {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
+    if args.max_tokens is not None and "c_budget" not in variants:
         variants.append("c_budget")
+    if "c_budget" in variants and args.max_tokens is None:
+        raise SystemExit("error: --variants c_budget needs --max-tokens N")
     results = []
     for variant in variants:
         print(f"running {VARIANTS[variant]} ...", flush=True)
         results.append(run_variant(variant, args, args.work))
         r = results[-1]
         print(f"  done in {r['process_seconds']:.0f} s (training loop {r['seconds']:.1f} s)", flush=True)
-    text = report(results, args)
-    header = (f"model {args.model}, device {args.device}, {args.train_samples} train / {args.eval_samples} eval "
-              f"reviews, 1 epoch, batch {BATCH_SIZE}, max_length {MAX_LENGTH}, torch threads "
-              f"{results[0]['threads']}, {os.cpu_count()} CPUs")
+        text = report(results, args)
+        header = (f"model {args.model}, device {args.device}, {args.train_samples} train / {args.eval_samples} "
+                  f"eval reviews, 1 epoch, batch {BATCH_SIZE}, max_length {MAX_LENGTH}, torch threads "
+                  f"{results[0]['threads']}, {os.cpu_count()} CPUs")
+        # written after every variant, so a run cut short by a time limit keeps what it finished
+        (args.work / "results.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
+                                                            "results": results}, indent=1, default=str))
+        (args.work / "results.md").write_text(header + "\n\n" + text + "\n")
     print("\n" + header + "\n\n" + text)
-    (args.work / "results.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
-                                                        "results": results}, indent=1, default=str))
-    (args.work / "results.md").write_text(header + "\n\n" + text + "\n")
 
 
 if __name__ == "__main__":
