@@ -49,7 +49,8 @@ class RunReport(Callback):
 
 
 def tensorboard_hparams(trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> dict[str, Any]:
-    """The module's and data module's init arguments and the optimizer's, in types TensorBoard can show."""
+    """The module's and data module's init arguments, the optimizer's and the training length, in types TensorBoard
+    can show (a sweep over trainer.max_epochs compares in the HPARAMS tab too)."""
     params = dict(pl_module.hparams_initial)
     if trainer.datamodule is not None:
         params.update(trainer.datamodule.hparams_initial)
@@ -57,6 +58,8 @@ def tensorboard_hparams(trainer: "pl.Trainer", pl_module: "pl.LightningModule") 
         optimizer = trainer.optimizers[0]
         params["optimizer"] = type(optimizer).__name__
         params.update({key: optimizer.defaults[key] for key in ("lr", "weight_decay") if key in optimizer.defaults})
+    params.update({"max_epochs": trainer.max_epochs, "max_steps": trainer.max_steps,
+                   "accumulate_grad_batches": trainer.accumulate_grad_batches})
     return {key: value if isinstance(value, (bool, int, float, str)) else str(value)
             for key, value in params.items() if not key.startswith("_")}  # LightningCLI's _class_path, ...
 

@@ -1,0 +1,79 @@
+"""What a sweep (`src/sweep.py`) and its trial processes (`src/callbacks/optuna_pruning.py`) share: opening an
+Optuna storage from one string, building the pruner from the study's stored definition, attribute names.
+
+A storage string is an RDB URL (`postgresql://user:pw@host/db`, `mysql+pymysql://...`, `sqlite:///sweep.db`) or the
+path of an Optuna journal file (embedded, no server; the processes of one machine share it).
+"""
+
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.pruners import BasePruner
+from optuna.storages import BaseStorage, JournalStorage, RDBStorage
+from optuna.storages.journal import JournalFileBackend
+
+from src.utils.errors import UserInputError
+
+DEFINITION_ATTR = "sweep"  # study user attr: what the sweep runs (space, mode, metric, config); set when created
+STORAGE_ENV = "SWEEP_STORAGE"  # how a trial process gets the storage string: an env var keeps passwords off argv
+PRUNERS = {
+    "median": optuna.pruners.MedianPruner,
+    "percentile": optuna.pruners.PercentilePruner,
+    "hyperband": optuna.pruners.HyperbandPruner,
+    "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
+    "threshold": optuna.pruners.ThresholdPruner,
+    "none": optuna.pruners.NopPruner,
+}
+
+
+def is_rdb_url(storage: str) -> bool:
+    return "://" in storage
+
+
+def hide_password(storage: str) -> str:
+    if not is_rdb_url(storage):
+        return storage
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(storage).render_as_string(hide_password=True)
+    except Exception:  # a malformed URL: show only its scheme
+        return storage.split("://")[0] + "://..."
+
+
+def open_storage(storage: str) -> BaseStorage:
+    """An RDB storage for a URL (tables created on first use), else a journal file storage at that path."""
+    if not is_rdb_url(storage):
+        Path(storage).parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(storage))
+    try:
+        return RDBStorage(storage, engine_kwargs={"pool_pre_ping": True})
+    except ImportError as err:  # optuna's, caused by the driver's ModuleNotFoundError
+        driver = getattr(err.__cause__, "name", None) or getattr(err, "name", None) or "for this database"
+        raise UserInputError(f"storage {hide_password(storage)} needs the database driver {driver}: "
+                             "pip install -e '.[sweep]' (PostgreSQL), or install your database's driver") from None
+    except Exception as err:  # sqlalchemy: OperationalError (unreachable, bad login), ArgumentError (bad URL)
+        reason = str(getattr(err, "orig", None) or err).strip().splitlines()[0]
+        raise UserInputError(f"cannot open storage {hide_password(storage)}: {reason}. Check that the database "
+                             "server runs and the URL (user, password, host, port, database) is right") from None
+
+
+def make_pruner(spec: str | dict[str, Any] | None) -> BasePruner:
+    """`median` (default), `hyperband`, `none`, ... or `{type: median, n_startup_trials: 2, ...}`."""
+    spec = {"type": spec} if isinstance(spec, str) or spec is None else dict(spec)
+    kind = spec.pop("type", None) or "median"
+    if kind not in PRUNERS:
+        raise UserInputError(f"pruner type '{kind}' is not one of {', '.join(PRUNERS)}")
+    try:
+        return PRUNERS[kind](**spec)
+    except (TypeError, ValueError) as err:
+        raise UserInputError(f"pruner {kind}: {err}") from None
+
+
+def load_trial(storage: str, study_name: str, trial_id: int) -> optuna.trial.Trial:
+    """The running trial `trial_id`, seen from another process, with the pruner the study was created with."""
+    study = optuna.load_study(study_name=study_name, storage=open_storage(storage),
+                              sampler=optuna.samplers.RandomSampler())  # a trial process never samples
+    study.pruner = make_pruner(study.user_attrs.get(DEFINITION_ATTR, {}).get("pruner"))
+    return optuna.trial.Trial(study, trial_id)
