@@ -5,6 +5,7 @@ A storage string is an RDB URL (`postgresql://user:pw@host/db`, `mysql+pymysql:/
 path of an Optuna journal file (embedded, no server; the processes of one machine share it).
 """
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +49,7 @@ def open_storage(storage: str) -> BaseStorage:
         Path(storage).parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(storage))
     try:
-        return RDBStorage(storage, engine_kwargs={"pool_pre_ping": True})
+        return _rdb_storage(storage)
     except ImportError as err:  # optuna's, caused by the driver's ModuleNotFoundError
         driver = getattr(err.__cause__, "name", None) or getattr(err, "name", None) or "for this database"
         raise UserInputError(f"storage {hide_password(storage)} needs the database driver {driver}: "
@@ -57,6 +58,21 @@ def open_storage(storage: str) -> BaseStorage:
         reason = str(getattr(err, "orig", None) or err).strip().splitlines()[0]
         raise UserInputError(f"cannot open storage {hide_password(storage)}: {reason}. Check that the database "
                              "server runs and the URL (user, password, host, port, database) is right") from None
+
+
+def _rdb_storage(url: str, attempts: int = 5) -> RDBStorage:
+    """Workers started together on a fresh database race to create Optuna's tables: the losers' CREATE or version
+    INSERT fails; once the winner is done the tables are there, so they try again."""
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+
+    for attempt in range(attempts):
+        try:
+            return RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+        except (IntegrityError, ProgrammingError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.5 + attempt)
+    raise AssertionError("unreachable")
 
 
 def make_pruner(spec: str | dict[str, Any] | None) -> BasePruner:
