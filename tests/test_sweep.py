@@ -4,6 +4,7 @@ processes. Each trial is a few optimizer steps; most of a trial's time is the pr
 import csv
 import inspect
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -84,17 +85,26 @@ def hparams(run_dir: Path) -> dict[str, object]:
     return {key: value.number_value or value.string_value for key, value in start.hparams.items()}
 
 
-def test_space_sweep_records_complete_pruned_and_failed_trials_and_best_yaml_reruns(tmp_path: Path,
-                                                                                     trial_args: list[str]) -> None:
+def in_process(args: list[str], cwd: Path, monkeypatch: pytest.MonkeyPatch) -> int:
+    """A sweep run in this process (its trials are still processes of their own): one interpreter start less."""
+    monkeypatch.chdir(cwd)
+    monkeypatch.setenv("PYTHONPATH", str(REPO))  # the trial processes import this checkout
+    with pytest.raises(SystemExit) as exit_info:
+        sweep_main(args)
+    return exit_info.value.code
+
+
+def test_space_sweep_records_complete_pruned_and_failed_trials_and_best_yaml_reruns(
+        tmp_path: Path, trial_args: list[str], capsys, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "space.yaml").write_text(PRUNE_FAIL_SPACE)
-    result = run_sweep([*trial_args, "--space", "space.yaml", "--test_after_fit", "true"], tmp_path)
+    assert in_process([*trial_args, "--space", "space.yaml", "--test_after_fit", "true"], tmp_path, monkeypatch) == 0
+    assert "Rerun it: python -m src.cli fit --config" in capsys.readouterr().out
     sweep_dir = tmp_path / "logs/yelp_bert/sweep_space"
     rows = {row["trainer.max_epochs"]: row for row in read_results(sweep_dir)}
     assert {key: row["state"] for key, row in rows.items()} == {"-5": "FAIL", "1": "COMPLETE", "3": "PRUNED"}
 
     failed = rows["-5"]  # the sweep went on after it, and says where its log is
-    assert "max_epochs" in failed["error"] and Path(tmp_path / failed["log"]).is_file()
-    assert "max_epochs" in (tmp_path / failed["log"]).read_text()
+    assert "max_epochs" in failed["error"] and "max_epochs" in (tmp_path / failed["log"]).read_text()
 
     pruned = journal_study(sweep_dir).trials[int(rows["3"]["trial"])]
     assert pruned.state == TrialState.PRUNED and sorted(pruned.intermediate_values) == [0, 1]  # stopped at epoch 1
@@ -108,50 +118,83 @@ def test_space_sweep_records_complete_pruned_and_failed_trials_and_best_yaml_rer
     assert hparams(run_dir)["max_epochs"] == 1  # the HPARAMS tab tells the trials apart
     markdown = (sweep_dir / "results.md").read_text()
     assert f"Best: trial {complete['trial']}" in markdown and "| PRUNED |" in markdown
-    assert "Rerun it: python -m src.cli fit --config" in result.stdout
 
     # best.yaml is a complete config: a plain run of it (logs/yelp_bert/version_0) retraces the best trial
     best = yaml.safe_load((sweep_dir / "best.yaml").read_text())
-    assert best["trainer"]["max_epochs"] == 1 and best["trainer"]["callbacks"] is None
+    assert best["trainer"]["max_epochs"] == 1
+    assert not [c for c in best["trainer"]["callbacks"] if "OptunaPruning" in c["class_path"]]
     run_cli(["fit", "--config", str(sweep_dir / "best.yaml")], cwd=tmp_path)
     assert scalars(tmp_path / "logs/yelp_bert/version_0")["val/acc"] == pytest.approx([float(complete["val/acc"])])
 
+    # the name is taken: another space under it is refused, and nothing changes
+    before = {path: path.read_bytes() for path in sweep_dir.rglob("*") if path.is_file()}
+    (tmp_path / "other.yaml").write_text("trainer.max_epochs: {type: categorical, choices: [1, 2]}\nsampler: grid\n")
+    message = sweep_error([*trial_args, "--space", "other.yaml", "--name", "space"], capsys)
+    assert f"sweep 'space' already exists in {sweep_dir.absolute()}/journal.log with a different space" in message
+    assert {path: path.read_bytes() for path in sweep_dir.rglob("*") if path.is_file()} == before
 
-def test_seeds_summary_and_resume_after_the_sweep_is_killed_mid_trial(tmp_path: Path, trial_args: list[str]) -> None:
+
+def two_workers(args: list[str], cwd: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Two workers started at once: one in a process of its own, one in this process (one interpreter start less)."""
+    other = start_sweep(args, cwd)
+    code = in_process(args, cwd, monkeypatch)
+    output = other.communicate(timeout=600)[0]
+    assert (code, other.returncode) == (0, 0), output
+    return [capsys.readouterr().out, output]
+
+
+def test_seeds_with_two_workers_on_one_journal(tmp_path: Path, trial_args: list[str], capsys,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two workers started at once share the queued seeds; each seed runs exactly once."""
     args = [*trial_args, "--trainer.max_epochs", "1", "--test_after_fit", "true", "--seeds", "3"]
+    outputs = two_workers(args, tmp_path, capsys, monkeypatch)
     sweep_dir = tmp_path / "logs/yelp_bert/sweep_seeds3"
+    study = journal_study(sweep_dir)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3
+    assert sorted(t.params["seed_everything"] for t in study.trials) == [42, 43, 44]
+    assert sorted(t.number for t in study.trials) == [0, 1, 2]
+    assert sorted(path.name for path in sweep_dir.glob("trial_*")) == ["trial_0", "trial_1", "trial_2"]
+
+    with open(sweep_dir / "summary.csv") as file:
+        summary = {row["metric"]: row for row in csv.DictReader(file)}
+    values = [t.user_attrs["best_value"] for t in study.trials]
+    from scipy import stats
+
+    mean, half = sum(values) / 3, stats.t.ppf(0.975, 2) * stats.tstd(values) / 3**0.5
+    assert float(summary["val/acc (best)"]["mean"]) == pytest.approx(mean)
+    assert float(summary["val/acc (best)"]["ci95_high"]) == pytest.approx(mean + half)
+    assert "test/acc" in summary
+    assert "95% CI" in (sweep_dir / "results.md").read_text()
+    assert any("val/acc (best):" in output for output in outputs)  # the summary, printed by the last worker
+    assert (sweep_dir / "optimization_history.png").stat().st_size > 0
+
+
+def test_resume_after_the_sweep_is_killed_mid_trial(tmp_path: Path, trial_args: list[str], capsys,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "space.yaml").write_text("model.warmup_ratio: {type: categorical, choices: [0.1]}\nsampler: grid\n")
+    args = [*trial_args, "--trainer.max_epochs", "1", "--space", "space.yaml"]
+    sweep_dir = tmp_path / "logs/yelp_bert/sweep_space"
     process = start_sweep(args, tmp_path)
-    trial_log = sweep_dir / "trial_1/trial.log"
+    trial_log = sweep_dir / "trial_0/trial.log"
     deadline = time.time() + 300
     while not (trial_log.is_file() and trial_log.stat().st_size > 0) and time.time() < deadline:
         assert process.poll() is None, process.stdout.read()
         time.sleep(0.2)
     time.sleep(1)  # the trial process is starting
     assert trial_processes(tmp_path)
-    process.send_signal(signal.SIGKILL)  # no cleanup at all: trial 1 stays RUNNING in the journal
+    process.send_signal(signal.SIGKILL)  # no cleanup at all: trial 0 stays RUNNING in the journal
     process.wait()
     time.sleep(1)
     assert not trial_processes(tmp_path), "the trial process outlived its sweep"
 
-    result = run_sweep(args, tmp_path)
-    assert "trial 1 was left running" in result.stdout
-    study = journal_study(sweep_dir)
-    states = {t.number: t.state for t in study.trials}
-    assert states[1] == TrialState.FAIL and sum(s == TrialState.COMPLETE for s in states.values()) == 3
-    seeds = sorted(t.params["seed_everything"] for t in study.trials if t.state == TrialState.COMPLETE)
-    assert seeds == [42, 43, 44]  # the killed seed ran again, as a new trial number
-    assert len({t.number for t in study.trials}) == len(study.trials) == 4
-
-    with open(sweep_dir / "summary.csv") as file:
-        summary = {row["metric"]: row for row in csv.DictReader(file)}
-    values = [t.user_attrs["best_value"] for t in study.trials if t.state == TrialState.COMPLETE]
-    from scipy import stats
-
-    mean, half = sum(values) / 3, stats.t.ppf(0.975, 2) * stats.tstd(values) / 3**0.5
-    assert float(summary["val/acc (best)"]["mean"]) == pytest.approx(mean)
-    assert float(summary["val/acc (best)"]["ci95_high"]) == pytest.approx(mean + half)
-    assert "test/acc" in summary  # the quick run tests after fit
-    assert "95% CI" in (sweep_dir / "results.md").read_text() and "val/acc (best):" in result.stdout
+    assert in_process(args, tmp_path, monkeypatch) == 0
+    assert "trial 0 was left running (its worker process" in capsys.readouterr().out
+    trials = journal_study(sweep_dir).trials
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
+    assert "its worker stopped" in trials[0].user_attrs["error"]
+    assert trials[1].params == trials[0].params == {"model.warmup_ratio": 0.1}  # run again under a new number
+    assert [row["state"] for row in read_results(sweep_dir)] == ["FAIL (retried)", "COMPLETE"]
+    assert (sweep_dir / "trial_1/checkpoints/last.ckpt").is_file()
 
 
 def trial_processes(cwd: Path) -> list[str]:
@@ -170,8 +213,8 @@ def trial_processes(cwd: Path) -> list[str]:
 
 @pytest.mark.skipif("num_folds" not in inspect.signature(TextClassificationDataModule).parameters,
                     reason="the data module has no data.num_folds / data.fold yet")
-def test_folds_cross_validate(tmp_path: Path, trial_args: list[str]) -> None:
-    run_sweep([*trial_args, "--trainer.max_epochs", "1", "--folds", "3"], tmp_path)
+def test_folds_cross_validate(tmp_path: Path, trial_args: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    assert in_process([*trial_args, "--trainer.max_epochs", "1", "--folds", "3"], tmp_path, monkeypatch) == 0
     sweep_dir = tmp_path / "logs/yelp_bert/sweep_folds3"
     rows = read_results(sweep_dir)
     assert sorted(row["data.fold"] for row in rows) == ["0", "1", "2"]
@@ -179,31 +222,27 @@ def test_folds_cross_validate(tmp_path: Path, trial_args: list[str]) -> None:
     for row in rows:
         config = yaml.safe_load((tmp_path / row["run_dir"] / "config.yaml").read_text())
         assert config["data"]["num_folds"] == 3 and config["data"]["fold"] == int(row["data.fold"])
-    assert (sweep_dir / "summary.csv").is_file()
+    with open(sweep_dir / "summary.csv") as file:
+        assert next(csv.DictReader(file))["n"] == "3"
 
 
-@pytest.mark.parametrize("storage", ["journal", "postgresql"])
-def test_two_workers_share_one_study(storage: str, tmp_path: Path, trial_args: list[str]) -> None:
-    if storage == "postgresql" and not POSTGRES_URL:
-        pytest.skip("SWEEP_TEST_POSTGRES_URL is not set (.ci/run starts a PostgreSQL server and sets it)")
-    (tmp_path / "space.yaml").write_text("model.lr: {type: float, low: 1.0e-5, high: 1.0e-3, log: true}\n"
+@pytest.mark.skipif(not POSTGRES_URL, reason="SWEEP_TEST_POSTGRES_URL is not set (.ci/run starts a PostgreSQL "
+                                             "server and sets it)")
+def test_two_workers_on_postgresql(tmp_path: Path, trial_args: list[str], capsys,
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "space.yaml").write_text("model.optimizer.lr: {type: float, low: 1.0e-5, high: 1.0e-3, log: true}\n"
                                          "sampler: random\n")
-    name = f"w{uuid.uuid4().hex[:8]}"  # a PostgreSQL database outlives the test
-    args = [*trial_args, "--trainer.max_epochs", "1", "--space", "space.yaml", "--n_trials", "2", "--name", name]
-    if storage == "postgresql":
-        args += ["--storage", POSTGRES_URL]
-    workers = [start_sweep(args, tmp_path) for _ in range(2)]
-    outputs = [worker.communicate(timeout=600)[0] for worker in workers]
-    assert [worker.returncode for worker in workers] == [0, 0], outputs
+    name = f"w{uuid.uuid4().hex[:8]}"  # the database outlives the test
+    args = [*trial_args, "--trainer.max_epochs", "1", "--space", "space.yaml", "--n_trials", "2", "--name", name,
+            "--storage", POSTGRES_URL]
+    outputs = two_workers(args, tmp_path, capsys, monkeypatch)
+    assert sum(output.count(" started: ") for output in outputs) == 2, outputs
 
-    storage_obj = POSTGRES_URL if storage == "postgresql" else \
-        JournalStorage(JournalFileBackend(str(tmp_path / f"logs/yelp_bert/sweep_{name}/journal.log")))
-    study = optuna.load_study(study_name=f"yelp_bert/{name}", storage=storage_obj)
+    study = optuna.load_study(study_name=f"yelp_bert/{name}", storage=POSTGRES_URL)
     ran = [t for t in study.trials if not t.system_attrs.get("sweep:surplus")]
     assert [t.state for t in ran] == [TrialState.COMPLETE] * 2
     assert len({t.number for t in ran}) == 2
     assert all(t.user_attrs["run_dir"].endswith(f"/trial_{t.number}") for t in ran)
-    assert sum("started" in line for output in outputs for line in output.splitlines()) >= 2
     sweep_dir = tmp_path / f"logs/yelp_bert/sweep_{name}"
     assert (sweep_dir / "optimization_history.png").stat().st_size > 0
     assert (sweep_dir / "param_importances.png").stat().st_size > 0
@@ -220,14 +259,15 @@ def sweep_error(args: list[str], capsys: pytest.CaptureFixture[str]) -> str:
 
 
 @pytest.mark.parametrize(("space", "expected"), [
-    ("model.lrr: {type: float, low: 1.0e-5, high: 1.0e-3}", "'model.lrr' is not a config key (closest: model.lr"),
-    ("lr: {type: float, low: 1.0e-5, high: 1.0e-3}", "'lr' is not a config key (closest: model.lr"),
-    ("model.lr: {type: float, low: 1.0e-5}", "space key model.lr: type float needs low and high"),
-    ("model.lr: {type: floaat, low: 1, high: 2}", "expected a distribution with type float, int or categorical"),
-    ("model.lr: {type: float, low: 0.0, high: 1.0, log: true}", "space key model.lr:"),
+    ("model.lrr: {type: float, low: 1.0e-5, high: 1.0e-3}", "'model.lrr' is not a config key (closest: "
+     "model.optimizer.lr"),
+    ("lr: {type: float, low: 1.0e-5, high: 1.0e-3}", "'lr' is not a config key (closest: model.optimizer.lr"),
+    ("model.optimizer.lr: {type: float, low: 1.0e-5}", "space key model.optimizer.lr: type float needs low and high"),
+    ("model.optimizer.lr: {type: floaat, low: 1, high: 2}", "expected a distribution with type float, int or "),
+    ("model.optimizer.lr: {type: float, low: 0.0, high: 1.0, log: true}", "space key model.optimizer.lr:"),
     ("data.batch_size: {type: categorical, choices: []}", "choices must be a non-empty list"),
-    ("model.lr: {type: float, low: 1.0e-5, high: 1.0e-3, lo: 1}", "unknown field 'lo'"),
-    ("model.lr: {type: float, low: 1.0e-5, high: 1.0e-3}\npruner: medain", "pruner type 'medain' is not one of"),
+    ("model.optimizer.lr: {type: float, low: 1.0e-5, high: 1.0e-3, lo: 1}", "unknown field 'lo'"),
+    ("model.optimizer.lr: {type: float, low: 1.0e-5, high: 1.0e-3}\npruner: medain", "pruner type 'medain' is not"),
 ])
 def test_bad_space_files(space: str, expected: str, tmp_path: Path, trial_args: list[str], capsys,
                          monkeypatch: pytest.MonkeyPatch) -> None:
@@ -239,12 +279,12 @@ def test_bad_space_files(space: str, expected: str, tmp_path: Path, trial_args: 
 
 def test_bad_arguments(tmp_path: Path, trial_args: list[str], capsys, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "space.yaml").write_text("model.lr: {type: float, low: 1.0e-5, high: 1.0e-3, log: true}\n")
+    (tmp_path / "space.yaml").write_text("model.optimizer.lr: {type: float, low: 1.0e-5, high: 1.0e-3, log: true}\n")
     space = [*trial_args, "--space", "space.yaml"]
     assert "--n_trials 0: pass at least 1" in sweep_error([*space, "--n_trials", "0"], capsys)
     assert "--n_trials is required" in sweep_error(space, capsys)
-    assert "--model.lr is set on the command line" in sweep_error([*space, "--n_trials", "2", "--model.lr", "1"],
-                                                                  capsys)
+    clash = [*space, "--n_trials", "2", "--model.optimizer.init_args.lr", "1"]  # the long form of the same key
+    assert "--model.optimizer.init_args.lr is set on the command line" in sweep_error(clash, capsys)
     assert "also pass --direction" in sweep_error([*space, "--n_trials", "2", "--metric", "val/loss"], capsys)
     assert "--seeds 1: pass at least 2" in sweep_error([*trial_args, "--seeds", "1"], capsys)
     message = sweep_error([*space, "--n_trials", "2", "--storage", "postgresql://me:secret@127.0.0.1:9/db"], capsys)
@@ -254,19 +294,34 @@ def test_bad_arguments(tmp_path: Path, trial_args: list[str], capsys, monkeypatc
     assert not (tmp_path / "logs").exists()
 
 
-def test_a_name_taken_by_another_space_is_refused(tmp_path: Path, trial_args: list[str], capsys,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    """The first sweep's only trial fails (so it is quick); reusing its name with another space changes nothing."""
-    (tmp_path / "a.yaml").write_text("trainer.max_epochs: {type: categorical, choices: [-5]}\nsampler: grid\n")
-    result = run_sweep([*trial_args, "--space", "a.yaml", "--name", "lr1"], tmp_path, check=False)
-    assert result.returncode == 1  # every trial failed: non-zero, with the first error
-    assert result.stderr.strip().splitlines()[-1].startswith("error: every trial failed; the first (trial 0): ")
-    assert "max_epochs" in result.stderr and "trial_0/trial.log" in result.stderr
+def test_a_sweep_whose_every_trial_fails_exits_non_zero_with_the_first_error(
+        tmp_path: Path, trial_args: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "space.yaml").write_text("trainer.max_epochs: {type: categorical, choices: [-5]}\nsampler: grid\n")
+    code = in_process([*trial_args, "--space", "space.yaml"], tmp_path, monkeypatch)
+    assert code.startswith("error: every trial failed; the first (trial 0): ") and "\n" not in code
+    assert "max_epochs" in code and "trial_0/trial.log" in code
 
-    sweep_dir = tmp_path / "logs/yelp_bert/sweep_lr1"
-    before = {path: path.read_bytes() for path in sweep_dir.rglob("*") if path.is_file()}
-    (tmp_path / "b.yaml").write_text("trainer.max_epochs: {type: categorical, choices: [1, 2]}\nsampler: grid\n")
-    monkeypatch.chdir(tmp_path)
-    message = sweep_error([*trial_args, "--space", "b.yaml", "--name", "lr1"], capsys)
-    assert "sweep 'lr1' already exists in" in message and "with a different space" in message
-    assert {path: path.read_bytes() for path in sweep_dir.rglob("*") if path.is_file()} == before
+
+def documented_sweep_commands() -> list[str]:
+    """`python -m src.sweep` commands of the README (and of its sweeps section while that is a file of its own)."""
+    commands = []
+    for name in ("README.md", "SWEEPS_README_SECTION.md"):
+        path = REPO / name
+        text = path.read_text().replace("\\\n", " ") if path.is_file() else ""
+        commands += [line.strip() for line in text.splitlines() if line.strip().startswith("python -m src.sweep ")]
+    return commands
+
+
+def test_the_documented_commands_run(capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each documented sweep command passes every check a sweep makes before its first trial (--dry_run)."""
+    commands = documented_sweep_commands()
+    assert any("--storage postgresql://" in command for command in commands)
+    monkeypatch.chdir(REPO)
+    folds = "num_folds" in inspect.signature(TextClassificationDataModule).parameters
+    for command in commands:
+        if "--folds" in command and not folds:
+            continue  # needs the data module's K-fold split
+        with pytest.raises(SystemExit) as exit_info:
+            sweep_main([*shlex.split(command)[3:], "--dry_run"])
+        assert exit_info.value.code == 0, (command, capsys.readouterr())
+        assert "A trial runs: python -m src.cli fit" in capsys.readouterr().out

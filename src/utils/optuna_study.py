@@ -1,22 +1,26 @@
 """What a sweep (`src/sweep.py`) and its trial processes (`src/callbacks/optuna_pruning.py`) share: opening an
-Optuna storage from one string, building the pruner from the study's stored definition, attribute names.
+Optuna storage from one string, building the pruner from the study's stored definition, the trial attributes.
 
 A storage string is an RDB URL (`postgresql://user:pw@host/db`, `mysql+pymysql://...`, `sqlite:///sweep.db`) or the
 path of an Optuna journal file (embedded, no server; the processes of one machine share it).
 """
 
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.pruners import BasePruner
-from optuna.storages import BaseStorage, JournalStorage, RDBStorage
+from optuna.storages import BaseStorage, JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend
+from optuna.trial import FrozenTrial, TrialState
 
 from src.utils.errors import UserInputError
 
 DEFINITION_ATTR = "sweep"  # study user attr: what the sweep runs (space, mode, metric, config); set when created
+WORKER_ATTR, HEARTBEAT_ATTR = "sweep:worker", "sweep:heartbeat"  # trial system attrs: who runs it, when last seen
+SURPLUS_ATTR = "sweep:surplus"  # a trial a worker asked for when the study was already full: it never ran
 STORAGE_ENV = "SWEEP_STORAGE"  # how a trial process gets the storage string: an env var keeps passwords off argv
 PRUNERS = {
     "median": optuna.pruners.MedianPruner,
@@ -93,3 +97,22 @@ def load_trial(storage: str, study_name: str, trial_id: int) -> optuna.trial.Tri
                               sampler=optuna.samplers.RandomSampler())  # a trial process never samples
     study.pruner = make_pruner(study.user_attrs.get(DEFINITION_ATTR, {}).get("pruner"))
     return optuna.trial.Trial(study, trial_id)
+
+
+def retry_history(trial: FrozenTrial) -> list[int]:
+    """The trials `trial` runs again, as Optuna's retry callback records them (empty for a first attempt)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return RetryHeartbeatStaleTrialCallback.retry_history(trial)
+
+
+def retried_numbers(trials: list[FrozenTrial]) -> set[int]:
+    """Numbers of the trials that were queued again."""
+    return {number for t in trials for number in retry_history(t)}
+
+
+def counts(trial: FrozenTrial, retried: set[int]) -> bool:
+    """Whether a finished trial counts toward --n_trials: not one that was retried or never ran."""
+    if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
+        return True
+    return trial.state == TrialState.FAIL and trial.number not in retried and not trial.system_attrs.get(SURPLUS_ATTR)
