@@ -34,7 +34,6 @@ import optuna
 import yaml
 from optuna.distributions import CategoricalDistribution
 from optuna.exceptions import DuplicatedStudyError, UpdateFinishedTrialError
-from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from src.callbacks.optuna_pruning import PRUNED_KEY
@@ -50,6 +49,7 @@ from src.utils.optuna_study import (
     make_pruner,
     open_storage,
     retried_numbers,
+    retry,
     retry_history,
 )
 from src.utils.sweep_report import RETRIED, params_text, write_reports
@@ -291,7 +291,7 @@ class Worker:
         except KeyboardInterrupt:
             interrupted = self.storage.get_trial(self.current) if self.current is not None else None
             if interrupted is not None and interrupted.state == TrialState.FAIL:  # optimize recorded it
-                RetryHeartbeatStaleTrialCallback(MAX_RETRIES)(self.study, interrupted)  # run it again next time
+                retry(self.study, interrupted, MAX_RETRIES)  # run it again next time
             raise
 
     def quota_reached(self) -> bool:
@@ -330,7 +330,7 @@ class Worker:
                 self.storage.set_trial_state_values(trial_id, TrialState.FAIL)
             except UpdateFinishedTrialError:
                 continue  # another worker got there first
-            RetryHeartbeatStaleTrialCallback(MAX_RETRIES)(self.study, self.storage.get_trial(trial_id))
+            retry(self.study, self.storage.get_trial(trial_id), MAX_RETRIES)
             print(f"trial {t.number} was left running ({reason}): marked FAIL and queued again", flush=True)
 
     def objective(self, trial: optuna.Trial) -> float:

@@ -325,3 +325,55 @@ def test_the_documented_commands_run(capsys, monkeypatch: pytest.MonkeyPatch) ->
             sweep_main([*shlex.split(command)[3:], "--dry_run"])
         assert exit_info.value.code == 0, (command, capsys.readouterr())
         assert "A trial runs: python -m src.cli fit" in capsys.readouterr().out
+
+
+# ----- the pieces a race or a crash exercises ------------------------------------------------------------------
+def test_a_trial_asked_for_when_the_study_is_full_yields_to_the_earlier_ones() -> None:
+    """Two workers that each ask for the study's last trial at the same moment: the higher number runs nothing."""
+    from optuna.distributions import CategoricalDistribution
+
+    from src.sweep import Worker
+    from src.utils.optuna_study import retry
+    from src.utils.sweep_space import Sweep
+
+    study = optuna.create_study(study_name="s")
+    study.add_trial(optuna.trial.create_trial(value=0.5))  # 0: finished
+    retried = study.ask()  # 1: its worker died; queued again as 2
+    study.tell(retried, state=TrialState.FAIL)
+    retry(study, study.trials[1], max_retries=2)
+    first, second = study.ask(), study.ask()  # 2 (the queued retry) and 3, asked by two workers at once
+    sweep = Sweep("s", "space", {"x": CategoricalDistribution([1])}, {"x": "x"}, 2, "val/acc", "maximize")
+    worker = Worker(sweep, study, study._storage, "", "s", Path("."), [], {})
+    assert (first.number, second.number) == (2, 3)
+    assert not worker.surplus(2) and worker.surplus(3)  # the retried trial 1 does not count, the queued 2 does
+    assert worker.quota_reached()
+
+
+def test_stale_trials_by_heartbeat_and_by_process() -> None:
+    from src.sweep import HOST, STALE_AFTER_S, stale_reason
+
+    def running(worker: dict, heartbeat: float) -> optuna.trial.FrozenTrial:
+        return optuna.trial.create_trial(state=TrialState.RUNNING, system_attrs={
+            "sweep:worker": worker, "sweep:heartbeat": heartbeat})
+
+    now = time.time()
+    assert stale_reason(running({"host": "elsewhere", "pid": 1}, now - 10)) is None
+    silent = running({"host": "elsewhere", "pid": 1}, now - STALE_AFTER_S - 1)
+    assert "no heartbeat from elsewhere" in stale_reason(silent)
+    dead = subprocess.Popen([sys.executable, "-c", ""])
+    dead.wait()
+    assert f"process {dead.pid} on {HOST} is gone" in stale_reason(running({"host": HOST, "pid": dead.pid}, now))
+    assert stale_reason(running({"host": HOST, "pid": os.getpid()}, now)) is None
+
+
+def test_the_error_line_of_a_trial_log(tmp_path: Path) -> None:
+    from src.sweep import error_line
+
+    log = tmp_path / "trial.log"
+    log.write_text("python -m src.cli fit ...\n\nTraceback (most recent call last):\n  File ...\n"
+                   "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB\n")
+    assert error_line(log, 1) == "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"
+    log.write_text("Epoch 0: 12%\n")
+    assert error_line(log, -9) == "killed by SIGKILL"
+    log.write_text("error: data.batch_size=0 must be a positive integer\n")
+    assert error_line(log, 1) == "error: data.batch_size=0 must be a positive integer"

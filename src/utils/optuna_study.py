@@ -99,6 +99,13 @@ def load_trial(storage: str, study_name: str, trial_id: int) -> optuna.trial.Tri
     return optuna.trial.Trial(study, trial_id)
 
 
+def retry(study: optuna.Study, trial: FrozenTrial, max_retries: int) -> None:
+    """Queue a failed trial again with its parameters (and grid point), as Optuna's retry callback does."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        RetryHeartbeatStaleTrialCallback(max_retries)(study, trial)
+
+
 def retry_history(trial: FrozenTrial) -> list[int]:
     """The trials `trial` runs again, as Optuna's retry callback records them (empty for a first attempt)."""
     with warnings.catch_warnings():
