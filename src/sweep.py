@@ -36,11 +36,11 @@ from optuna.distributions import CategoricalDistribution
 from optuna.exceptions import DuplicatedStudyError, UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
-from src.callbacks.optuna_pruning import PRUNED_KEY
 from src.utils.errors import UserInputError
 from src.utils.optuna_study import (
     DEFINITION_ATTR,
     HEARTBEAT_ATTR,
+    PRUNED_KEY,
     STORAGE_ENV,
     SURPLUS_ATTR,
     WORKER_ATTR,
@@ -88,8 +88,13 @@ class SweepFailed(Exception):
 
 
 # ----- command line ------------------------------------------------------------------------------------------
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, like every other bad input, not the usage block
+        raise UserInputError(f"{message} (see python -m src.sweep --help)")
+
+
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m src.sweep", allow_abbrev=False,
         description="Run many `src.cli fit` trials as one Optuna study. Further --section.key value flags are "
                     "passed to every trial.")

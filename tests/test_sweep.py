@@ -349,6 +349,15 @@ def test_a_trial_asked_for_when_the_study_is_full_yields_to_the_earlier_ones() -
     assert worker.quota_reached()
 
 
+def test_the_pruned_marker_is_the_integrations() -> None:
+    """The sweep reads a pruned trial off the marker optuna-integration's callback sets under DDP."""
+    from optuna_integration.pytorch_lightning import pytorch_lightning
+
+    from src.utils.optuna_study import PRUNED_KEY
+
+    assert PRUNED_KEY == pytorch_lightning._PRUNED_KEY
+
+
 def test_stale_trials_by_heartbeat_and_by_process() -> None:
     from src.sweep import HOST, STALE_AFTER_S, stale_reason
 

@@ -15,12 +15,10 @@ import optuna
 from lightning.pytorch.trainer.states import TrainerFn
 from optuna_integration import PyTorchLightningPruningCallback
 
-# the integration's own trial marker for "pruned" (it sets it under DDP); private, no public name for it
-from optuna_integration.pytorch_lightning.pytorch_lightning import _PRUNED_KEY
+# where the integration keeps a DDP trial's reports (private; on_fit_start below must create it)
+from optuna_integration.pytorch_lightning.pytorch_lightning import _INTERMEDIATE_VALUE
 
-from src.utils.optuna_study import STORAGE_ENV, load_trial
-
-PRUNED_KEY = _PRUNED_KEY
+from src.utils.optuna_study import PRUNED_KEY, STORAGE_ENV, is_rdb_url, load_trial
 
 
 class OptunaPruning(PyTorchLightningPruningCallback):
@@ -34,8 +32,18 @@ class OptunaPruning(PyTorchLightningPruningCallback):
 
     def __init__(self, study_name: str, trial_id: int, monitor: str = "val/acc", storage: str | None = None,
                  launched_at: float | None = None) -> None:
-        super().__init__(load_trial(storage or os.environ[STORAGE_ENV], study_name, trial_id), monitor)
-        self.trial_id, self.launched_at = trial_id, launched_at
+        storage = storage or os.environ[STORAGE_ENV]
+        super().__init__(load_trial(storage, study_name, trial_id), monitor)
+        self.trial_id, self.launched_at, self.rdb = trial_id, launched_at, is_rdb_url(storage)
+
+    def on_fit_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        # under DDP the integration accepts only an RDB storage (its in-process cache of RDB trials); the sweep
+        # reads each trial afresh from the storage, so a journal file serves a multi-GPU trial as well
+        if self.rdb:
+            return super().on_fit_start(trainer, pl_module)
+        self.is_ddp_backend = trainer.world_size > 1
+        if self.is_ddp_backend and trainer.is_global_zero:
+            self._trial.storage.set_trial_system_attr(self.trial_id, _INTERMEDIATE_VALUE, {})
 
     def on_train_batch_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", batch, batch_idx) -> None:
         if self.launched_at is not None and trainer.is_global_zero:
@@ -47,7 +55,8 @@ class OptunaPruning(PyTorchLightningPruningCallback):
             return
         try:
             super().on_validation_end(trainer, pl_module)
-        except optuna.TrialPruned as pruned:  # single process; under DDP the integration stops the trainer itself
+        except optuna.TrialPruned as pruned:  # single process; under DDP the integration stops the trainer and marks
+            # the trial with PRUNED_KEY itself
             print(f"Optuna: {pruned} Stopping this trial.")
             trainer.should_stop = True
             self._trial.storage.set_trial_system_attr(self.trial_id, PRUNED_KEY, True)

@@ -20,6 +20,7 @@ from src.utils.errors import UserInputError
 
 DEFINITION_ATTR = "sweep"  # study user attr: what the sweep runs (space, mode, metric, config); set when created
 WORKER_ATTR, HEARTBEAT_ATTR = "sweep:worker", "sweep:heartbeat"  # trial system attrs: who runs it, when last seen
+PRUNED_KEY = "ddp_pl:pruned"  # optuna-integration's marker of a pruned Lightning trial (its private _PRUNED_KEY)
 SURPLUS_ATTR = "sweep:surplus"  # a trial a worker asked for when the study was already full: it never ran
 STORAGE_ENV = "SWEEP_STORAGE"  # how a trial process gets the storage string: an env var keeps passwords off argv
 PRUNERS = {
