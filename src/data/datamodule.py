@@ -1,12 +1,13 @@
 """`TextClassificationDataModule`: the Lightning hooks and loaders around checks, splits, tokenize and samplers.
 
 `prepare_data` (one process per node) loads the raw dataset, checks and draws the splits the running command uses
-(fit: train + validation; validate: validation; test: test; predict: the test split or `predict_file`), tokenizes
-them and saves them as one cache entry; `setup` (every rank) loads that entry. Padding happens per batch in the
-collator, so one entry serves every padding mode.
+(fit: train, validation and test; validate: validation; test: test; predict: the test split or `predict_file`),
+tokenizes them and saves them as one cache entry; `setup` (every rank) loads that entry. Padding happens per batch
+in the collator, so one entry serves every padding mode.
 
-One cache entry per command's splits, keyed on their draws: `validate`/`test` never need the train rows, and
-tokenizing an eval-sized split once more is cheaper than keying fit's entry on settings they ignore.
+One cache entry per command's splits, keyed on their draws: `validate`/`test` never need the train rows or
+`train_size`, and tokenizing one eval-sized split once more (then cached) is cheaper than keying them on fit's
+settings; an instance reuses an entry it already holds, so `fit --test_after_fit` tokenizes nothing more.
 """
 
 from pathlib import Path
@@ -30,13 +31,13 @@ from src.utils.errors import UserInputError
 from src.utils.pretrained import load_pretrained
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+ALL_SPLITS = ("train", "validation", "test")
 STAGE_SPLITS = {
-    TrainerFn.FITTING: ("train", "validation"),
+    TrainerFn.FITTING: ALL_SPLITS,  # test too: bad test data stops fit before training; test_after_fit uses it
     TrainerFn.VALIDATING: ("validation",),
     TrainerFn.TESTING: ("test",),
     TrainerFn.PREDICTING: ("test",),  # without predict_file
 }
-ALL_SPLITS = ("train", "validation", "test")  # without a Trainer (scripts, notebooks, tests)
 KEEP_TEXT = ("test", "predict")  # the splits predict runs on keep their reviews, for `predict_texts()`
 
 
@@ -51,7 +52,7 @@ class TextClassificationDataModule(pl.LightningDataModule):
         max_length: tokens kept per review, special tokens included; at most the model's position embeddings.
         truncation: which tokens a longer review keeps: "head" the first (the tutorial's), "tail" the last,
             "head_tail" the first `head_tokens` and the last `max_length - head_tokens - <special tokens>`
-            (Sun et al. 2019: best on long reviews).
+            (Sun et al. 2019: the best of the three on long documents).
         head_tokens: with truncation=head_tail, the tokens kept from the start of a review.
         padding: "longest" pads each batch to its longest review (fast); "max_length" pads every review to
             `max_length` like the HF tutorial (same results, several times more compute).
@@ -132,7 +133,7 @@ class TextClassificationDataModule(pl.LightningDataModule):
 
     # ----- the running command's splits, tokenized once -----------------------------------------------------
     def _split_names(self) -> tuple[str, ...]:
-        """The splits the running command uses (`trainer.state.fn`); all of them without a Trainer."""
+        """The splits the running command uses (`trainer.state.fn`); fit's without a Trainer."""
         fn = self.trainer.state.fn if self.trainer is not None else None
         if self.hparams.predict_file is not None and fn in (None, TrainerFn.PREDICTING):
             return ("predict",)
@@ -142,17 +143,19 @@ class TextClassificationDataModule(pl.LightningDataModule):
         """The drawn (untokenized) splits and their cache entry; once per process and command, as drawing loads
         and hashes the raw data."""
         names = self._split_names()
-        if names not in self._drawn_by_names:
-            hp = self.hparams
-            if names == ("predict",):
-                sources = {"predict": load_predict_file(hp.predict_file, hp.text_column)}
-            else:
-                raw = CheckedSplits(load_raw(hp.dataset), lambda split, name: check_split(
-                    split, name, hp.text_column, hp.label_column, hp.num_labels))
-                sources = draw_splits(raw, names, self.split_plan, hp.label_column)
-            path = cache_path(self.cache_root, hp.dataset, sources, self.tokenizer, self.tokenization, KEEP_TEXT)
-            self._drawn_by_names[names] = sources, path
-        return self._drawn_by_names[names]
+        for held, drawn in self._drawn_by_names.items():
+            if set(names) <= set(held):  # also test after fit on this instance: fit's entry holds that test split
+                return drawn
+        hp = self.hparams
+        if names == ("predict",):
+            sources = {"predict": load_predict_file(hp.predict_file, hp.text_column)}
+        else:
+            raw = CheckedSplits(load_raw(hp.dataset), lambda split, name: check_split(
+                split, name, hp.text_column, hp.label_column, hp.num_labels))
+            sources = draw_splits(raw, names, self.split_plan, hp.label_column)
+        path = cache_path(self.cache_root, hp.dataset, sources, self.tokenizer, self.tokenization, KEEP_TEXT)
+        self._drawn_by_names[names] = sources, path
+        return sources, path
 
     def prepare_data(self) -> None:
         sources, path = self._drawn()

@@ -1,8 +1,8 @@
 """Tokenize drawn splits once (with a truncation strategy) and keep them in a cache entry that is verified on load.
 
 Truncation (Sun et al. 2019, "How to Fine-Tune BERT for Text Classification?"): `head` keeps the first tokens
-(the tutorial's), `tail` the last ones, `head_tail` the first `head_tokens` and the last ones: the best of the
-three on long Yelp/IMDb reviews in that paper.
+(the tutorial's), `tail` the last ones, `head_tail` the first `head_tokens` and the last ones (the paper's best on
+long IMDb and Sogou documents).
 
 A cache entry is a `DatasetDict.save_to_disk` directory keyed on everything that decides its content, published
 atomically with a manifest of its files' sizes and rows; an entry that no longer matches it (a truncated or

@@ -33,7 +33,7 @@ def run_stage(dm: TextClassificationDataModule, fn: TrainerFn) -> TextClassifica
     return dm
 
 
-STAGES = [(TrainerFn.FITTING, {"train", "validation"}), (TrainerFn.VALIDATING, {"validation"}),
+STAGES = [(TrainerFn.FITTING, {"train", "validation", "test"}), (TrainerFn.VALIDATING, {"validation"}),
           (TrainerFn.TESTING, {"test"}), (TrainerFn.PREDICTING, {"test"})]
 
 
@@ -50,6 +50,21 @@ def test_each_command_tokenizes_only_its_splits(fn: TrainerFn, names: set[str], 
     monkeypatch.setattr(datamodule, "tokenize_splits", recording)
     dm = run_stage(make_dm(tiny_yelp, tiny_bert, train_size=80, eval_size=41), fn)
     assert tokenized == [names] and set(dm.splits) == names
+
+
+def test_test_after_fit_reuses_the_fit_entry(tiny_yelp: Path, tiny_bert: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """`fit --test_after_fit`: the same instance tests on the test split fit tokenized, with no new cache entry."""
+    dm = run_stage(make_dm(tiny_yelp, tiny_bert, train_size=80, eval_size=41), TrainerFn.FITTING)
+    test_ids = dm.splits["test"].data.column("input_ids").to_pylist()
+
+    def must_not_tokenize(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("tokenized again")
+
+    monkeypatch.setattr(datamodule, "tokenize_splits", must_not_tokenize)
+    run_stage(dm, TrainerFn.TESTING)
+    assert dm.splits["test"].data.column("input_ids").to_pylist() == test_ids
+    assert len(list(dm.cache_root.iterdir())) == 1
 
 
 @pytest.mark.parametrize("fn", [TrainerFn.VALIDATING, TrainerFn.TESTING, TrainerFn.PREDICTING])
