@@ -7,8 +7,6 @@ Columns: idx, pred_label (class id), pred_name (the model's `id2label`), prob_<n
 
 import csv
 import json
-import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -17,6 +15,8 @@ import lightning.pytorch as pl
 import torch
 import torch.distributed as dist
 from lightning.pytorch.callbacks import BasePredictionWriter
+
+from src.utils.atomic import atomic_write
 
 
 class PredictionsWriter(BasePredictionWriter):
@@ -127,31 +127,21 @@ def _rows(
 def _write_new_file(
     out_dir: Path, stem: str, output_format: str, rows: Iterator[dict[str, Any]], columns: list[str]
 ) -> Path:
-    """Write to a temporary file, then hard-link it to the first free name: complete, and never overwriting."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=out_dir, prefix=f".{stem}-", suffix=f".{output_format}",
-                                     delete=False, newline="", encoding="utf-8") as tmp:
-        if output_format == "csv":
-            writer = csv.DictWriter(tmp, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows(rows)
-        else:
-            tmp.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-    try:
-        os.chmod(tmp.name, 0o666 & ~_umask())  # mkstemp makes 0600; give the file a plain `open`'s mode
-        for n in range(10_000):
-            path = out_dir / (f"{stem}.{output_format}" if n == 0 else f"{stem}-{n}.{output_format}")
-            try:
-                os.link(tmp.name, path)  # atomic, and fails if the name is taken
-                return path
-            except FileExistsError:
-                continue
-        raise FileExistsError(f"no free name for {stem}.{output_format} in {out_dir}")
-    finally:
-        os.unlink(tmp.name)
-
-
-def _umask() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return umask
+    """Write the file whole, under the first free name (`stem.jsonl`, `stem-1.jsonl`, ...): never overwriting."""
+    rows = list(rows)
+    for n in range(10_000):
+        path = out_dir / (f"{stem}.{output_format}" if n == 0 else f"{stem}-{n}.{output_format}")
+        if path.exists():
+            continue
+        try:
+            with atomic_write(path, overwrite=False) as temp, open(temp, "w", newline="", encoding="utf-8") as file:
+                if output_format == "csv":
+                    writer = csv.DictWriter(file, fieldnames=columns)
+                    writer.writeheader()
+                    writer.writerows(rows)
+                else:
+                    file.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+            return path
+        except FileExistsError:  # taken since the check above
+            continue
+    raise FileExistsError(f"no free name for {stem}.{output_format} in {out_dir}")
