@@ -13,7 +13,9 @@ weights for export, giving a plain Hugging Face model.
 """
 
 import math
-from typing import Any
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model
@@ -59,7 +61,8 @@ def add_lora(model: PreTrainedModel, r: int, alpha: float, dropout: float, targe
     head |= {module for module in fresh if not any(module == h or module.startswith(f"{h}.") for h in head)}
     config = LoraConfig(task_type=TaskType.SEQ_CLS, r=r, lora_alpha=alpha, lora_dropout=dropout,
                         target_modules=targets, modules_to_save=sorted(head))
-    return get_peft_model(model, config)
+    with _quiet():
+        return get_peft_model(model, config)
 
 
 def frozen_names(module: nn.Module) -> set[str]:
@@ -77,8 +80,15 @@ def base_fingerprint(module: nn.Module) -> float:
 
 def merged(model: PreTrainedModel | PeftModel) -> PreTrainedModel:
     """The plain HF model: LoRA updates folded into the weights, the trained head in place (changes `model`)."""
-    return model.merge_and_unload() if isinstance(model, PeftModel) else model
+    if not isinstance(model, PeftModel):
+        return model
+    with _quiet():
+        return model.merge_and_unload()
 
 
-def lora_checkpoint_info(module: Any) -> dict[str, Any]:
-    return {"model_name_or_path": module.hparams.model_name_or_path, "base_fingerprint": module.base_fingerprint}
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """peft asks transformers for `is_gradient_checkpointing`, which transformers 5 deprecates: noise for users."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
