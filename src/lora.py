@@ -18,7 +18,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
-from peft import LoraConfig, PeftModel, TaskType, get_peft_model
 from torch import nn
 from transformers import PreTrainedModel
 
@@ -50,9 +49,13 @@ def _check_targets(model: nn.Module, targets: list[str]) -> None:
 
 
 def add_lora(model: PreTrainedModel, r: int, alpha: float, dropout: float, target_modules: list[str] | None,
-             newly_initialized: set[str]) -> PeftModel:
+             newly_initialized: set[str]) -> nn.Module:
     """Wrap `model` with LoRA adapters; the head and the modules holding `newly_initialized` parameters (names
     from `from_pretrained`'s loading info: weights it had to create) are trained in full."""
+    try:
+        from peft import LoraConfig, TaskType, get_peft_model
+    except ImportError:
+        raise UserInputError("model.peft=lora needs the peft package: run `pip install -e '.[recipes]'`") from None
     arch = architecture_of(model.config, "model.peft=lora")
     targets = list(target_modules or arch.lora_targets)
     _check_targets(model, targets)
@@ -78,9 +81,9 @@ def base_fingerprint(module: nn.Module) -> float:
                          if not p.requires_grad and ".original_module." not in name)
 
 
-def merged(model: PreTrainedModel | PeftModel) -> PreTrainedModel:
+def merged(model: nn.Module) -> PreTrainedModel:
     """The plain HF model: LoRA updates folded into the weights, the trained head in place (changes `model`)."""
-    if not isinstance(model, PeftModel):
+    if isinstance(model, PreTrainedModel):
         return model
     with _quiet():
         return model.merge_and_unload()

@@ -51,17 +51,20 @@ class MaskingCollator:
     """
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, mlm_probability: float, whole_word_mask: bool,
-                 pad_to_multiple_of: int | None = None, seed: int | None = None) -> None:
+                 pad_to_multiple_of: int | None = None, seed: int | None = None,
+                 max_length: int | None = None) -> None:
         replace = {"mask_replace_prob": 1.0, "random_replace_prob": 0.0} if whole_word_mask else {}  # HF's rule
         self.masker = DataCollatorForLanguageModeling(tokenizer, mlm_probability=mlm_probability,
                                                       whole_word_mask=whole_word_mask, **replace)
         self.tokenizer, self.pad_to_multiple_of, self.seed = tokenizer, pad_to_multiple_of, seed
+        self.max_length = max_length  # pad every batch to it (data.padding=max_length); None: to the longest row
         self.special_ids = torch.tensor(sorted(set(tokenizer.all_special_ids)))
         self.continuation = continuation_pieces(tokenizer) if whole_word_mask else None
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         inputs = [{key: f[key] for key in MODEL_INPUTS if key in f} for f in features]
-        padded = self.tokenizer.pad(inputs, padding="longest", pad_to_multiple_of=self.pad_to_multiple_of,
+        padded = self.tokenizer.pad(inputs, padding="max_length" if self.max_length else "longest",
+                                    max_length=self.max_length, pad_to_multiple_of=self.pad_to_multiple_of,
                                     return_tensors="pt")
         ids = padded["input_ids"]
         special = torch.isin(ids, self.special_ids) | (padded["attention_mask"] == 0)
@@ -112,8 +115,11 @@ class MaskedLMDataModule(TextClassificationDataModule):
         return tokenizer
 
     def _collator(self, seed: int | None = None) -> MaskingCollator:
-        return MaskingCollator(self.tokenizer, self.hparams.mlm_probability, self.hparams.whole_word_mask,
-                               pad_to_multiple_of=8 if self._on_gpu() else None, seed=seed)
+        hp = self.hparams
+        fixed = hp.padding == "max_length"
+        return MaskingCollator(self.tokenizer, hp.mlm_probability, hp.whole_word_mask, seed=seed,
+                               pad_to_multiple_of=8 if self._on_gpu() and not fixed else None,
+                               max_length=hp.max_length if fixed else None)
 
     def val_dataloader(self) -> DataLoader:
         loader = super().val_dataloader()
