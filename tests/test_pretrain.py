@@ -58,6 +58,12 @@ def test_held_out_mlm_loss_falls_and_perplexity_is_its_exp(tapt: Tapt) -> None:
     assert any(tapt.run.glob("checkpoints/epoch*-val_loss*.ckpt")) and (tapt.run / "checkpoints/last.ckpt").is_file()
 
 
+def test_test_reviews_are_never_read(tapt: Tapt) -> None:
+    """The only tokenized data pretraining made holds the train and validation splits."""
+    manifests = list((tapt.root / "hf_datasets_cache").rglob("manifest.json"))
+    assert manifests and all(set(json.loads(m.read_text())["rows"]) == {"train", "validation"} for m in manifests)
+
+
 def test_written_directory_fine_tunes_with_the_pretrained_encoder(tapt: Tapt, tiny_bert: Path, tiny_yelp: Path,
                                                                   tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
