@@ -2,9 +2,9 @@
 
 `--model.peft lora` wraps the classifier in a `peft` model: the pretrained weights are frozen, each target linear
 layer W gets a trainable update (alpha / r) B A with rank r, and the classification head (the modules
-`AutoModelForSequenceClassification` adds, plus anything else `from_pretrained` had to initialize) is trained in
-full. Targets default per architecture (`src/utils/architectures.py`; query and value projections) and can be
-named with `--model.lora_target_modules`.
+`AutoModelForSequenceClassification` adds, the pooler or final norm between them and the last layer, and anything
+else `from_pretrained` had to initialize) is trained in full. Targets default per architecture
+(`src/utils/architectures.py`; query and value projections) and can be named with `--model.lora_target_modules`.
 
 Checkpoints keep only the trainable weights (adapters and head) and the frozen weights' fingerprint: the frozen
 ones are the pretrained model's, reloaded from `model_name_or_path` when a checkpoint is restored, and the
@@ -59,7 +59,9 @@ def add_lora(model: PreTrainedModel, r: int, alpha: float, dropout: float, targe
     arch = architecture_of(model.config, "model.peft=lora")
     targets = list(target_modules or arch.lora_targets)
     _check_targets(model, targets)
-    head = set(arch.head)
+    # the pooler (or final norm) above the last layer feeds only the head: it trains with it (a frozen one keeps
+    # the features of its pretraining task; all-MiniLM-L6-v2's, never trained, squashes them near zero)
+    head = set(arch.head) | {f"{arch.prefix}.{module}" for module in arch.above}
     fresh = {key.rsplit(".", 1)[0] for key in newly_initialized}  # `bert.pooler.dense.weight` -> `bert.pooler.dense`
     head |= {module for module in fresh if not any(module == h or module.startswith(f"{h}.") for h in head)}
     config = LoraConfig(task_type=TaskType.SEQ_CLS, r=r, lora_alpha=alpha, lora_dropout=dropout,

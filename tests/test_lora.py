@@ -32,8 +32,10 @@ from tests.test_export import TEXTS
 def test_only_adapters_and_head_train(model_type: str) -> None:
     model = AutoModelForSequenceClassification.from_config(tiny_config(model_type))
     linear = {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear)}
+    arch = TABLE[model_type]
+    head = (*arch.head, *(f"{arch.prefix}.{module}" for module in arch.above))  # the pooler trains with the head
     head_params = sum(p.numel() for name, p in model.named_parameters()
-                      if name.split(".")[0] in TABLE[model_type].head)
+                      if name.startswith(tuple(f"{h}." for h in head)))
     total = sum(p.numel() for p in model.parameters())
     wrapped = add_lora(model, r=4, alpha=8, dropout=0.0, target_modules=None, newly_initialized=set())
     targets = [m for name, m in linear.items() if name.rsplit(".", 1)[-1] in TABLE[model_type].lora_targets]
@@ -138,7 +140,7 @@ def test_checkpoint_holds_only_trained_weights(runs: Runs) -> None:
     saved_bytes = sum(t.numel() * t.element_size() for t in checkpoint["state_dict"].values())
     full_bytes = sum(p.numel() * p.element_size() for p in everything.values())
     share = sum(everything[name].numel() for name in trainable) / sum(p.numel() for p in everything.values())
-    assert share < 0.15 and saved_bytes < 0.15 * full_bytes  # tiny BERT: 8 adapters + the classifier, 9% of it
+    assert share < 0.2 and saved_bytes < 0.2 * full_bytes  # tiny BERT: 8 adapters, pooler, classifier: 13% of it
     # Adam's state exists for trained parameters only
     states = checkpoint["optimizer_states"][0]["state"]
     assert sum(s["exp_avg"].numel() for s in states.values()) == sum(everything[n].numel() for n in trainable)
