@@ -4,7 +4,7 @@ pretraining (`python -m src.pretrain`).
 Loading, checks, splits, tokenization, cache and samplers are `TextClassificationDataModule`'s, so TAPT reads
 exactly the training reviews the fine-tuning run will read; only the collator differs. `fit` serves the train
 split for training and the validation split for the held-out MLM loss; labels are dropped; the test split is never
-served.
+read.
 """
 
 import dataclasses
@@ -113,6 +113,10 @@ class MaskedLMDataModule(TextClassificationDataModule):
                 "pretraining needs: use an encoder with one (BERT, RoBERTa, DeBERTa, ELECTRA, ModernBERT, DistilBERT)"
             )
         return tokenizer
+
+    def _split_names(self) -> tuple[str, ...]:
+        """Fit draws train and validation only: the test reviews are never read (nor checked or tokenized)."""
+        return tuple(name for name in super()._split_names() if name != "test") or ("validation",)
 
     def _collator(self, seed: int | None = None) -> MaskingCollator:
         hp = self.hparams
