@@ -34,7 +34,6 @@ from src.utils.runs import VERSION, claim_new_run, eval_version, newest_run_chec
 from src.utils.summary import print_run_summary
 
 DEFAULTS = Path(__file__).resolve().parents[1] / "configs" / "defaults.yaml"
-SUBCOMMANDS = ("fit", "validate", "test", "predict")
 CLAIMED_RUN = "REVIEW_CLASSIFIER_RUN_VERSION"  # the run a fit claimed, for the DDP processes Lightning starts
 
 
@@ -59,10 +58,15 @@ class KeepConfigCallback(SaveConfigCallback):
 
 
 class ReviewClassifierCLI(LightningCLI):
+    """The LightningCLI of this project; `src.pretrain.PretrainCLI` subclasses it (other links and best metric)."""
+
+    best_metric = ("val/acc", "max")  # the best checkpoint's monitor and mode
+    default_configs: tuple[Path, ...] = (DEFAULTS,)  # read first by every command, in this order
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        defaults = {"default_config_files": [str(DEFAULTS)]}
+        defaults = {"default_config_files": [str(path) for path in self.default_configs]}
         run = kwargs.get("run", True)  # run=False: one parser, no subcommands
-        kwargs.setdefault("parser_kwargs", dict.fromkeys(SUBCOMMANDS, defaults) if run else defaults)
+        kwargs.setdefault("parser_kwargs", dict.fromkeys(self.subcommands(), defaults) if run else defaults)
         kwargs.setdefault("seed_everything_default", 42)
         kwargs.setdefault("parser_class", QuietUsageParser)
         kwargs.setdefault("save_config_callback", KeepConfigCallback)
@@ -79,16 +83,21 @@ class ReviewClassifierCLI(LightningCLI):
             if claimed_before is None:
                 os.environ.pop(CLAIMED_RUN, None)
 
-    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+    def link_model_and_data(self, parser: LightningArgumentParser) -> None:
+        """Values given once: the tokenizer is the model's, the model's classes are the data's, one seed."""
         parser.link_arguments("model.model_name_or_path", "data.tokenizer_name_or_path")
         parser.link_arguments("data.num_labels", "model.num_labels")
         parser.link_arguments("seed_everything", "data.seed")
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        self.link_model_and_data(parser)
         # named sections, in this order: last.ckpt must be written after the best checkpoint is chosen
+        metric, mode = self.best_metric
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults({
-            "checkpoint.monitor": "val/acc",
-            "checkpoint.mode": "max",
-            "checkpoint.filename": "epoch{epoch}-step{step}-val_acc{val/acc:.4f}",
+            "checkpoint.monitor": metric,
+            "checkpoint.mode": mode,
+            "checkpoint.filename": f"epoch{{epoch}}-step{{step}}-{metric.replace('/', '_')}{{{metric}:.4f}}",
             "checkpoint.auto_insert_metric_name": False,
             "checkpoint.enable_version_counter": False,
         })
@@ -224,11 +233,17 @@ def _quiet_lightning() -> None:
 
 
 def main(args: list[str] | None = None) -> None:
+    run(ReviewClassifierCLI, SequenceClassifier, TextClassificationDataModule, args)
+
+
+def run(cli_class: type[ReviewClassifierCLI], model_class: type, datamodule_class: type,
+        args: list[str] | None = None) -> None:
+    """Run a CLI of this project: quiet logs, the default config files, one `error:` line for bad input."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the data module parallelises tokenization itself
     logging.getLogger("transformers").setLevel(logging.ERROR)  # load reports a user cannot act on
     torch.set_float32_matmul_precision("high")  # TF32 matmuls on Ampere+ GPUs for fp32 runs; no effect on CPU
     try:
-        ReviewClassifierCLI(SequenceClassifier, TextClassificationDataModule, args=args)
+        cli_class(model_class, datamodule_class, args=args)
     except (UserInputError, NonFiniteLossError) as err:
         sys.exit(f"error: {err}")
     except OSError as err:

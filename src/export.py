@@ -88,7 +88,7 @@ def _model_card(model: PreTrainedModel, checkpoint: dict[str, Any], ckpt_path: P
     lines = [
         "---", *front_matter, "---", "",
         f"# {title}", "",
-        f"A sequence classifier with {len(labels)} labels, fine-tuned from `{base}`.", "",
+        f"A sequence classifier with {len(labels)} labels, fine-tuned from `{base}`{_how(checkpoint)}.", "",
         "| id | label |", "| --- | --- |", *(f"| {i} | {labels[i]} |" for i in sorted(labels)), "",
         "## Source", "",
         f"- checkpoint: `{ckpt_path.resolve()}`",
@@ -110,6 +110,13 @@ def _model_card(model: PreTrainedModel, checkpoint: dict[str, Any], ckpt_path: P
                      "batch and sequence axes, and returns `logits`.")
         lines += [onnx_note, ""]
     return "\n".join(lines)
+
+
+def _how(checkpoint: dict[str, Any]) -> str:
+    hp = checkpoint["hyper_parameters"]
+    if hp.get("peft") == "lora":
+        return f" with LoRA (r={hp.get('lora_r')}, alpha={hp.get('lora_alpha')}; adapters merged into the weights)"
+    return ""
 
 
 class _LogitsOnly(torch.nn.Module):
@@ -172,7 +179,7 @@ def export_checkpoint(ckpt_path: str | os.PathLike, out_dir: str | os.PathLike, 
         _require_onnx()
     checkpoint = _load_checkpoint(ckpt_path)
     module = _restore_module(checkpoint)
-    model = module.model
+    model = module.merged_model()  # a LoRA run's adapters folded in: a plain model that loads without peft
     tokenizer = load_pretrained(AutoTokenizer.from_pretrained, module.hparams.model_name_or_path)
 
     warning = configure_tokenizer(tokenizer, checkpoint.get("datamodule_hyper_parameters", {}))

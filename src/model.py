@@ -2,6 +2,8 @@
 
 Optimizer and schedule come from the config: `model.optimizer` (any `torch.optim` class with its arguments, default
 fused AdamW) and `model.scheduler` (a `transformers.get_scheduler` name, default linear with optional warmup).
+Recipes (configs/recipes/): `model.layer_lr_decay` (layer-wise learning rates, `src/optim.py`) and `model.peft: lora`
+(low-rank adapters, `src/lora.py`).
 """
 
 import math
@@ -17,13 +19,15 @@ from torchmetrics.classification import (
     MulticlassPrecision,
     MulticlassRecall,
 )
-from transformers import AutoModelForSequenceClassification, SchedulerType, get_scheduler
+from transformers import AutoModelForSequenceClassification, PreTrainedModel
 
+from src import lora
+from src.optim import check_layer_lr_decay, check_schedule, configure_optimization, parameter_groups
+from src.utils.checkpoint_io import check_checkpoint_fits
 from src.utils.errors import UserInputError
 from src.utils.pretrained import load_pretrained
 
 LABEL_KEYS = ("labels", "idx", "length")
-SCHEDULERS = tuple(s.value for s in SchedulerType if s.value != "reduce_lr_on_plateau")  # step-wise schedules
 
 
 def star_label_names(num_labels: int) -> list[str]:
@@ -55,6 +59,11 @@ class SequenceClassifier(pl.LightningModule):
         attn_implementation: None lets transformers pick SDPA (fused attention kernels) where the model supports
             it, else eager; or force "sdpa", "eager", "flash_attention_2".
         compile: wrap the HF model in `torch.compile`.
+        layer_lr_decay: layer-wise learning-rate decay in (0, 1]: the head learns at the optimizer's lr, each encoder
+            layer below at the one above's times this, the embeddings last (`src/optim.py`). None: one lr.
+        peft: "lora" trains low-rank adapters and the head instead of all weights (`src/lora.py`); checkpoints then
+            hold only those. lora_r / lora_alpha / lora_dropout: the adapters' rank, scale (alpha / r) and dropout;
+            lora_target_modules: the linear layers to adapt (default per architecture: query and value).
     """
 
     def __init__(
@@ -69,22 +78,24 @@ class SequenceClassifier(pl.LightningModule):
         warmup_ratio: float = 0.0,
         attn_implementation: str | None = None,
         compile: bool = False,
+        layer_lr_decay: float | None = None,
+        peft: str | None = None,
+        lora_r: int = 8,
+        lora_alpha: float = 16,
+        lora_dropout: float = 0.1,
+        lora_target_modules: list[str] | None = None,
     ) -> None:
         super().__init__()
         label_names = label_names or star_label_names(num_labels)
         if len(label_names) != num_labels:
             raise UserInputError(f"model.label_names has {len(label_names)} names but num_labels={num_labels}")
-        if warmup_steps and warmup_ratio:
-            raise UserInputError("set model.warmup_steps or model.warmup_ratio, not both")
-        if warmup_steps < 0 or not 0 <= warmup_ratio < 1:
-            raise UserInputError(f"model.warmup_steps={warmup_steps} must be >= 0 and model.warmup_ratio="
-                                 f"{warmup_ratio} in [0, 1)")
-        if scheduler not in SCHEDULERS:
-            raise UserInputError(f"model.scheduler={scheduler!r} is not a schedule: use one of {', '.join(SCHEDULERS)}")
+        check_schedule(scheduler, warmup_steps, warmup_ratio)
+        check_layer_lr_decay(layer_lr_decay)
+        lora.check_lora_args(peft, lora_r, lora_alpha, lora_dropout)
         self.save_hyperparameters(ignore=["optimizer"])  # config.yaml records it; a callable does not pickle safely
         self.hparams["label_names"] = label_names  # the resolved names, for callbacks and exports
         self.optimizer = optimizer
-        self.model = load_pretrained(
+        model, loading = load_pretrained(
             AutoModelForSequenceClassification.from_pretrained,
             model_name_or_path,
             num_labels=num_labels,
@@ -92,7 +103,16 @@ class SequenceClassifier(pl.LightningModule):
             label2id={name: i for i, name in enumerate(label_names)},
             attn_implementation=attn_implementation,
             ignore_mismatched_sizes=True,  # a head trained for other labels is re-initialized for these
+            output_loading_info=True,
         )
+        if layer_lr_decay is not None:
+            parameter_groups(model, layer_lr_decay)  # an architecture it cannot place fails now, not after setup
+        self.base_fingerprint: float | None = None
+        if peft == "lora":
+            newly_initialized = set(loading["missing_keys"]) | {key for key, *_ in loading["mismatched_keys"]}
+            model = lora.add_lora(model, lora_r, lora_alpha, lora_dropout, lora_target_modules, newly_initialized)
+            self.base_fingerprint = lora.base_fingerprint(model)
+        self.model = model
         self.model.train()  # from_pretrained returns eval mode (dropout off); Lightning keeps a module's mode
         self.train_metrics = self._metrics("train/", label_names, per_class=False)
         self.val_metrics = self._metrics("val/", label_names)
@@ -115,21 +135,46 @@ class SequenceClassifier(pl.LightningModule):
         return MetricCollection(metrics, prefix=prefix, compute_groups=False)
 
     def check_checkpoint_fits(self, checkpoint: dict[str, Any]) -> None:
-        """Refuse, in one line, a checkpoint whose weights do not fit this model (another model or num_labels)."""
-        own, saved = self.state_dict(), checkpoint.get("state_dict", {})
-        misfits = sorted(key for key in own.keys() | saved.keys()
-                         if key not in own or key not in saved or own[key].shape != saved[key].shape)
-        if not misfits:
-            return
-        trained = checkpoint.get("hyper_parameters", {})
-        differences = [f"{key}={trained[key]!r} (this run: {self.hparams[key]!r})"
-                       for key in ("model_name_or_path", "num_labels")
-                       if key in trained and trained[key] != self.hparams[key]]
-        what = ", ".join(differences) or f"weights of other shapes ({len(misfits)} tensors, e.g. {misfits[0]})"
-        raise UserInputError(
-            f"the checkpoint was trained with {what}: it does not fit this model. Use the checkpoint's settings "
-            "(config.yaml in its run directory), or drop --ckpt_path to start a new run"
-        )
+        """Refuse, in one line, a checkpoint whose weights do not fit this model (another model, num_labels or
+        adapters), or whose LoRA adapters were trained on other base weights than `model_name_or_path` holds now."""
+        check_checkpoint_fits(self, checkpoint, ("model_name_or_path", "num_labels", "peft", "lora_r",
+                                                 "lora_target_modules"))
+        trained_on = checkpoint.get("lora_base_fingerprint")
+        if self.base_fingerprint is not None and trained_on is not None and \
+                not math.isclose(trained_on, self.base_fingerprint, rel_tol=1e-9):
+            raise UserInputError(
+                f"the checkpoint's LoRA adapters were trained on other base weights than "
+                f"'{self.hparams.model_name_or_path}' holds now (it changed since): point --model.model_name_or_path "
+                "at the base model the run used"
+            )
+
+    # ----- LoRA checkpoints: trainable weights only; the frozen ones come from model_name_or_path ---------------
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        state = super().state_dict(*args, **kwargs)
+        if self.hparams.peft is not None:
+            prefix = kwargs.get("prefix", "")
+            for name in lora.frozen_names(self):
+                state.pop(prefix + name, None)
+        return state
+
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+        if self.hparams.peft is None:
+            return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        result = super().load_state_dict(state_dict, strict=False, assign=assign)
+        frozen = lora.frozen_names(self)
+        result.missing_keys[:] = [key for key in result.missing_keys if key not in frozen]
+        if strict and (result.missing_keys or result.unexpected_keys):
+            raise RuntimeError(f"LoRA checkpoint does not fit: missing {result.missing_keys[:5]}, unexpected "
+                               f"{result.unexpected_keys[:5]}")
+        return result
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.base_fingerprint is not None:
+            checkpoint["lora_base_fingerprint"] = self.base_fingerprint
+
+    def merged_model(self) -> PreTrainedModel:
+        """The plain Hugging Face model, LoRA adapters folded into its weights (for export; changes this module)."""
+        return lora.merged(self.model)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.check_checkpoint_fits(checkpoint)  # before Lightning's load_state_dict, whose error dumps every shape
@@ -205,22 +250,11 @@ class SequenceClassifier(pl.LightningModule):
         return {"idx": batch["idx"], "label": probs.argmax(dim=-1), "probs": probs}
 
     def parameter_groups(self) -> list[dict[str, Any]]:
-        """Trainable parameters in named groups (names label the learning-rate curves); 1-D ones get no decay."""
-        params = [(name, p) for name, p in self.named_parameters() if p.requires_grad]
-        return [
-            {"name": "decay", "params": [p for _, p in params if p.ndim >= 2]},
-            {"name": "no_decay", "params": [p for _, p in params if p.ndim < 2], "weight_decay": 0.0},
-        ]
+        """Trainable parameters in named groups (names label the learning-rate curves; `src/optim.py`)."""
+        model = self.model.get_base_model() if self.hparams.peft is not None else self.model
+        return parameter_groups(model, self.hparams.layer_lr_decay)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        try:
-            optimizer = self.optimizer(self.parameter_groups())
-        except ValueError as err:  # torch checks its arguments: "Invalid learning rate: -0.0001"
-            raise UserInputError(f"model.optimizer: {err}: use a positive learning rate (--model.optimizer.lr) "
-                                 "and weight decay") from None
-        total_steps = int(self.trainer.estimated_stepping_batches)
         hp = self.hparams
-        warmup = hp.warmup_steps or math.ceil(hp.warmup_ratio * total_steps)
-        scheduler = get_scheduler(hp.scheduler, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps,
-                                  scheduler_specific_kwargs=hp.scheduler_kwargs)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return configure_optimization(self, self.optimizer, self.parameter_groups(), hp.scheduler,
+                                      hp.scheduler_kwargs, hp.warmup_steps, hp.warmup_ratio)

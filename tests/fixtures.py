@@ -8,7 +8,7 @@ import random
 from pathlib import Path
 
 import datasets
-from transformers import BertConfig, BertModel, BertTokenizerFast
+from transformers import AutoConfig, BertConfig, BertModel, BertTokenizerFast, PretrainedConfig
 
 STAR_WORDS = ["awful", "poor", "okay", "good", "superb"]
 FILLER = ["the", "food", "service", "staff", "place", "was", "and", "we", "it", "our", "table", "time", "order",
@@ -54,3 +54,22 @@ def write_dataset(directory: Path, splits: dict[str, datasets.Dataset]) -> Path:
 
 def write_tiny_yelp(directory: Path, n_train: int = 200, n_test: int = 60) -> Path:
     return write_dataset(directory, {"train": yelp_like_split(n_train, 0), "test": yelp_like_split(n_test, 1)})
+
+
+ARCHITECTURES = ("bert", "roberta", "deberta-v2", "electra", "modernbert", "distilbert")
+
+
+def tiny_config(model_type: str, num_labels: int = 5, num_layers: int = 3) -> PretrainedConfig:
+    """A random config of each BERT-family architecture the recipes support, small enough to build in ms."""
+    common = {"vocab_size": 64, "max_position_embeddings": 64, "num_labels": num_labels, "pad_token_id": 0}
+    if model_type == "distilbert":
+        return AutoConfig.for_model("distilbert", dim=32, n_layers=num_layers, n_heads=2, hidden_dim=64, **common)
+    extra = {
+        "deberta-v2": {"relative_attention": True, "pos_att_type": ["p2c", "c2p"], "norm_rel_ebd": "layer_norm",
+                       "position_buckets": 16, "max_relative_positions": 64},
+        "electra": {"embedding_size": 16},  # an embeddings_project layer, as in ELECTRA-small
+        "modernbert": {"global_attn_every_n_layers": 1, "bos_token_id": 1, "eos_token_id": 2, "cls_token_id": 1,
+                       "sep_token_id": 2},
+    }.get(model_type, {})
+    return AutoConfig.for_model(model_type, hidden_size=32, num_hidden_layers=num_layers, num_attention_heads=2,
+                                intermediate_size=64, **common, **extra)

@@ -42,3 +42,21 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise UserInputError(f"'{path}' is not a Lightning checkpoint (no state_dict)")
     return checkpoint
+
+
+def check_checkpoint_fits(module: torch.nn.Module, checkpoint: dict[str, Any], hparam_keys: tuple[str, ...]) -> None:
+    """Refuse, in one line, a checkpoint whose weights do not fit `module` (names or shapes differ), naming the
+    hyperparameters among `hparam_keys` that differ from the run's."""
+    own, saved = module.state_dict(), checkpoint.get("state_dict", {})
+    misfits = sorted(key for key in own.keys() | saved.keys()
+                     if key not in own or key not in saved or own[key].shape != saved[key].shape)
+    if not misfits:
+        return
+    trained, current = checkpoint.get("hyper_parameters", {}), module.hparams
+    differences = [f"{key}={trained[key]!r} (this run: {current.get(key)!r})"
+                   for key in hparam_keys if key in trained and key in current and trained[key] != current[key]]
+    what = ", ".join(differences) or f"weights of other shapes ({len(misfits)} tensors, e.g. {misfits[0]})"
+    raise UserInputError(
+        f"the checkpoint was trained with {what}: it does not fit this model. Use the checkpoint's settings "
+        "(config.yaml in its run directory), or drop --ckpt_path to start a new run"
+    )
