@@ -12,7 +12,7 @@ import datasets
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoTokenizer
+from transformers import AutoModelForMaskedLM, AutoTokenizer
 
 from src import cli, pretrain
 from src.data.masked_lm import MaskedLMDataModule, MaskingCollator
@@ -20,6 +20,7 @@ from src.masked_lm import MaskedLanguageModel
 from src.model import SequenceClassifier
 from src.utils.errors import UserInputError
 from tests.cli_helpers import REPO, scalars, tiny_run_args
+from tests.fixtures import ARCHITECTURES, tiny_config
 
 TAPT = str(REPO / "configs/recipes/tapt.yaml")
 
@@ -99,6 +100,26 @@ def test_resume_continues_in_the_same_run(tapt: Tapt, tiny_bert: Path, tiny_yelp
     assert torch.load(tapt.run / "checkpoints/last.ckpt", weights_only=True)["global_step"] == before + 10
     assert not (tapt.root / "logs/tapt/version_1").exists()
     assert len(scalars(tapt.run)["val/loss"]) == 5
+
+
+@pytest.mark.parametrize("model_type", ARCHITECTURES)
+def test_mlm_loss_with_logits_at_masked_positions_only(model_type: str, tmp_path: Path) -> None:
+    """Every supported architecture pretrains; the vocabulary projection sees only masked positions, and the loss
+    equals the dense one."""
+    torch.manual_seed(0)
+    AutoModelForMaskedLM.from_config(tiny_config(model_type)).save_pretrained(tmp_path)
+    module = MaskedLanguageModel(str(tmp_path)).eval()
+    ids = torch.randint(5, 60, (3, 9))
+    labels = torch.full_like(ids, -100)
+    labels[:, 2], labels[0, 5] = ids[:, 2], 7
+    rows = []
+    module.model.get_output_embeddings().register_forward_hook(lambda m, args, out: rows.append(out.shape[0]))
+    with torch.no_grad():
+        loss, count = module._masked_lm({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels})
+        dense = module.model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits  # outside _masked_lm: all
+    assert rows[0] == count == 4 and dense.shape == (3, 9, 64)
+    assert loss.item() == pytest.approx(torch.nn.functional.cross_entropy(dense.flatten(0, 1), labels.flatten(),
+                                                                          ignore_index=-100).item(), rel=1e-5)
 
 
 def test_masking(tiny_bert: Path) -> None:
