@@ -105,7 +105,7 @@ class MaskedLanguageModel(pl.LightningModule):
         finally:
             masked, self._masked = self._masked, None
         targets = labels[masked] if logits.dim() == 2 else labels.flatten()  # sparse (the hook) or dense logits
-        loss_sum = torch.nn.functional.cross_entropy(logits.reshape(len(targets), -1).float(), targets,
+        loss_sum = torch.nn.functional.cross_entropy(logits.reshape(len(targets), logits.shape[-1]).float(), targets,
                                                      ignore_index=-100, reduction="sum")
         count = masked.sum()
         return loss_sum / count.clamp(min=1), count

@@ -48,12 +48,14 @@ def test_only_adapters_and_head_train(model_type: str) -> None:
 
 
 def test_weights_from_pretrained_had_to_create_train_in_full() -> None:
-    """A base checkpoint without BERT's pooler gets a random one: it must train, not stay frozen at random."""
+    """A module `from_pretrained` had to initialize (missing from the checkpoint) trains rather than stays frozen at
+    random; BERT's pooler, between the last layer and the classifier, trains with the head."""
     model = AutoModelForSequenceClassification.from_config(tiny_config("bert"))
-    wrapped = add_lora(model, 4, 8, 0.0, None, newly_initialized={"bert.pooler.dense.weight",
+    wrapped = add_lora(model, 4, 8, 0.0, None, newly_initialized={"bert.encoder.layer.2.output.dense.weight",
                                                                   "bert.pooler.dense.bias", "classifier.weight"})
-    pooler = [p for name, p in wrapped.named_parameters() if ".pooler." in name and ".modules_to_save." in name]
-    assert pooler and all(p.requires_grad for p in pooler)  # a trained copy (with the pooler above the last layer)
+    bert = wrapped.get_base_model().bert
+    for module in (bert.encoder.layer[2].output.dense, bert.pooler):
+        assert all(p.requires_grad for p in module.modules_to_save.default.parameters())
 
 
 def test_target_modules_override_and_typos(tiny_bert: Path) -> None:

@@ -118,6 +118,9 @@ def test_mlm_loss_with_logits_at_masked_positions_only(model_type: str, tmp_path
         loss, count = module._masked_lm({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels})
         dense = module.model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits  # outside _masked_lm: all
     assert rows[0] == count == 4 and dense.shape == (3, 9, 64)
+    nothing = module._masked_lm({"input_ids": ids, "attention_mask": torch.ones_like(ids),
+                                 "labels": torch.full_like(ids, -100)})
+    assert nothing[0].item() == 0 and nothing[1] == 0  # a batch without a masked token (a short one) trains nothing
     assert loss.item() == pytest.approx(torch.nn.functional.cross_entropy(dense.flatten(0, 1), labels.flatten(),
                                                                           ignore_index=-100).item(), rel=1e-5)
 
