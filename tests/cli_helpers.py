@@ -1,24 +1,69 @@
-"""Run the CLI in a subprocess from a scratch directory, and read TensorBoard event files back."""
+"""Run the CLI in a process of its own from a scratch directory, and read TensorBoard event files back."""
 
+import multiprocessing
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 REPO = Path(__file__).resolve().parents[1]
+# A CLI process forks from a server that imported src.cli once (~0.1 s) instead of importing torch, Lightning and
+# transformers afresh (~9 s, most of this suite's time). DDP runs start a real interpreter: Lightning relaunches
+# the command line of `python -m src.cli` for rank 1, which a forked child does not have.
+_FORKS = multiprocessing.get_context("forkserver")
+_FORKS.set_forkserver_preload(["src.cli", "datasets", "torch"])
 
 
 def run_cli(args: list[str], cwd: Path, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
+    """`python -m src.cli ARGS` in `cwd`: its exit status (negative: killed by that signal), stdout and stderr."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
            "HF_DATASETS_CACHE": str(cwd / "hf_datasets_cache"), "PYTHONUNBUFFERED": "1"}
-    result = subprocess.run([sys.executable, "-m", "src.cli", *args], cwd=cwd, env=env, capture_output=True,
-                            text=True, timeout=timeout)
+    if any("ddp" in arg for arg in args):
+        result = subprocess.run([sys.executable, "-m", "src.cli", *args], cwd=cwd, env=env, capture_output=True,
+                                text=True, timeout=timeout)
+    else:
+        result = _run_forked(args, cwd, env, timeout)
     if check and result.returncode != 0:
         output = f"{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
         raise AssertionError(f"CLI {args} exited {result.returncode}:\n{output}")
     return result
+
+
+def _run_forked(args: list[str], cwd: Path, env: dict[str, str], timeout: int) -> subprocess.CompletedProcess:
+    with tempfile.TemporaryDirectory() as out:
+        stdout, stderr = Path(out, "stdout"), Path(out, "stderr")
+        process = _FORKS.Process(target=_cli_main, args=(args, cwd, env, stdout, stderr))
+        process.start()
+        process.join(timeout)
+        if process.exitcode is None:
+            process.kill()
+            process.join()
+            raise subprocess.TimeoutExpired(["src.cli", *args], timeout)
+        return subprocess.CompletedProcess(["src.cli", *args], process.exitcode, stdout.read_text(),
+                                           stderr.read_text())
+
+
+def _cli_main(args: list[str], cwd: Path, env: dict[str, str], stdout: Path, stderr: Path) -> None:
+    """In the forked child: the environment, directory, argv and unbuffered output of a fresh `python -m src.cli`."""
+    import datasets
+    import torch
+
+    from src.cli import main
+
+    os.chdir(cwd)
+    os.environ.clear()
+    os.environ.update(env)
+    datasets.config.HF_DATASETS_CACHE = Path(env["HF_DATASETS_CACHE"])  # read once, at import
+    if env.get("OMP_NUM_THREADS"):
+        torch.set_num_threads(int(env["OMP_NUM_THREADS"]))
+    for fd, path in ((1, stdout), (2, stderr)):
+        os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
+        getattr(sys, ("stdout", "stderr")[fd - 1]).reconfigure(line_buffering=True)  # a killed run keeps its lines
+    sys.argv = [str(REPO / "src/cli.py"), *args]
+    main()
 
 
 def tiny_run_args(tiny_bert: Path, tiny_yelp: Path, *extra: str) -> list[str]:

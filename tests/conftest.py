@@ -4,6 +4,10 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# under `pytest -n auto` (the README's test command) each worker, and every CLI it starts, uses one torch thread:
+# N workers with a thread per core each oversubscribe the N cores and run slower than one worker alone
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 from pathlib import Path
 
@@ -29,3 +33,15 @@ def isolated_caches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import datasets
 
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf_datasets_cache")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under `-n auto`, hand each worker a test or two at a time: xdist's default first sends every worker a long
+    run of consecutive tests, which put all the slow ones (collected first, below) on one worker."""
+    if getattr(config.option, "maxschedchunk", 0) is None:
+        config.option.maxschedchunk = 1
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Slow tests first, so the short ones fill in around them and the workers finish together."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -79,6 +79,7 @@ def test_missing_checkpoint_is_a_one_line_error(tmp_path: Path, tiny_bert: Path,
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_ddp_two_cpu_processes_fit(tmp_path: Path, tiny_bert: Path, tiny_yelp: Path) -> None:
     args = tiny_run_args(tiny_bert, tiny_yelp, "--trainer.max_epochs", "1", "--trainer.strategy", "ddp",
                          "--trainer.devices", "2")
@@ -136,6 +137,7 @@ def test_a_default_callback_is_removed_by_config(tmp_path: Path, tiny_bert: Path
     assert ThroughputMonitor not in callbacks("--config", str(config))
 
 
+@pytest.mark.slow
 def test_any_logger_runs_fit_resume_and_test(tmp_path: Path, tiny_bert: Path, tiny_yelp: Path) -> None:
     csv = ["--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.init_args.save_dir", "logs",
            "--trainer.logger.init_args.name", "csv_run"]

@@ -37,6 +37,7 @@ def printed_metrics(output: str) -> dict[str, float]:
     return {name: float(value) for name, value in re.findall(r"(val/\w+)\s*│\s*([-+.\deE]+)\s*│", output)}
 
 
+@pytest.mark.slow
 def test_same_config_and_seed_twice_gives_identical_runs(tiny_bert: Path, tiny_yelp: Path, tmp_path: Path) -> None:
     args = ["fit", *tiny_run_args(tiny_bert, tiny_yelp, "--trainer.max_epochs", "1")]
     # one workdir: the second run also reads the tokenized data from the cache the first one wrote
@@ -58,6 +59,7 @@ def ddp_fit(tiny_bert: Path, tiny_yelp: Path, tmp_path_factory: pytest.TempPathF
     return run_dir_in(result.stdout, workdir), result.stderr
 
 
+@pytest.mark.slow
 def test_ddp_fit_tokenizes_once(ddp_fit: tuple[Path, str]) -> None:
     run_dir, stderr = ddp_fit
     # datasets draws one "Tokenizing <split>:   0%" bar per split it tokenizes, in whichever process does it
@@ -66,6 +68,7 @@ def test_ddp_fit_tokenizes_once(ddp_fit: tuple[Path, str]) -> None:
     assert len([entry.name for entry in cache.iterdir()]) == 1  # one cache, no staging dir of a second writer
 
 
+@pytest.mark.slow
 def test_validate_with_one_and_two_processes_reports_the_same_metrics(ddp_fit: tuple[Path, str], tiny_bert: Path,
                                                                        tiny_yelp: Path) -> None:
     run_dir, _ = ddp_fit

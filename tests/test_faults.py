@@ -121,6 +121,7 @@ def test_broken_config_file_is_a_short_error(args: list[str], workdir: Path, tmp
     assert "error:" in result.stderr and len(result.stderr.strip().splitlines()) <= 4, result.stderr
 
 
+@pytest.mark.slow
 def test_concurrent_fits_of_one_experiment_get_their_own_runs(args: list[str], tmp_path: Path) -> None:
     env_args = [*args, "--trainer.max_epochs", "1", "--trainer.logger.init_args.name", "together"]
     run_cli(["fit", *env_args, "--trainer.max_steps", "1"], cwd=tmp_path)  # tokenize once, as a sweep would
@@ -160,6 +161,7 @@ def tmpfs(tmp_path: Path) -> Iterator[Callable[[str, str], Path]]:
         subprocess.run(["umount", "-l", str(point)], check=False)
 
 
+@pytest.mark.slow
 def test_read_only_or_uncreatable_save_dir_fails_before_loading_the_model(
     args: list[str], tmp_path: Path, tmpfs: Callable[[str, str], Path]
 ) -> None:

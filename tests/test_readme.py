@@ -48,6 +48,7 @@ def section_commands(heading: str) -> list[str]:
             if line.strip().startswith("python -m src.")]
 
 
+@pytest.mark.slow
 def test_readme_workflow_runs_in_order(tmp_path: Path, tiny_bert: Path, tiny_yelp: Path) -> None:
     """The quickstart, then the README's test -> predict -> export -> resume commands, run as written in a fresh
     directory (the tiny model and data swapped in); eval and export commands leave the run's files as they were."""

@@ -176,6 +176,7 @@ CRASHES = [  # how the run dies -> the global step of the last.ckpt it leaves
 ]
 
 
+@pytest.mark.slow
 def test_run_killed_three_times_and_resumed_ends_exactly_like_the_uninterrupted_run(
     reference: Path, tiny_bert: Path, tiny_yelp: Path, workdir: Path
 ) -> None:
@@ -204,6 +205,7 @@ def test_run_killed_three_times_and_resumed_ends_exactly_like_the_uninterrupted_
     assert not list(last.parent.glob(".*.tmp")), "the killed save's temporary file was not cleaned up"
 
 
+@pytest.mark.slow
 def test_ctrl_c_and_kill_mid_validation_then_resume_ends_exactly_like_the_uninterrupted_run(
     reference: Path, tiny_bert: Path, tiny_yelp: Path, workdir: Path
 ) -> None:

@@ -94,6 +94,7 @@ def in_process(args: list[str], cwd: Path, monkeypatch: pytest.MonkeyPatch) -> i
     return exit_info.value.code
 
 
+@pytest.mark.slow
 def test_space_sweep_records_complete_pruned_and_failed_trials_and_best_yaml_reruns(
         tmp_path: Path, trial_args: list[str], capsys, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "space.yaml").write_text(PRUNE_FAIL_SPACE)
@@ -143,6 +144,7 @@ def two_workers(args: list[str], cwd: Path, capsys, monkeypatch: pytest.MonkeyPa
     return [capsys.readouterr().out, output]
 
 
+@pytest.mark.slow
 def test_seeds_with_two_workers_on_one_journal(tmp_path: Path, trial_args: list[str], capsys,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """Two workers started at once share the queued seeds; each seed runs exactly once."""
@@ -169,6 +171,7 @@ def test_seeds_with_two_workers_on_one_journal(tmp_path: Path, trial_args: list[
     assert (sweep_dir / "optimization_history.png").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_resume_after_the_sweep_is_killed_mid_trial(tmp_path: Path, trial_args: list[str], capsys,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "space.yaml").write_text("model.warmup_ratio: {type: categorical, choices: [0.1]}\nsampler: grid\n")
@@ -213,6 +216,7 @@ def trial_processes(cwd: Path) -> list[str]:
 
 @pytest.mark.skipif("num_folds" not in inspect.signature(TextClassificationDataModule).parameters,
                     reason="the data module has no data.num_folds / data.fold yet")
+@pytest.mark.slow
 def test_folds_cross_validate(tmp_path: Path, trial_args: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
     assert in_process([*trial_args, "--trainer.max_epochs", "1", "--folds", "3"], tmp_path, monkeypatch) == 0
     sweep_dir = tmp_path / "logs/yelp_bert/sweep_folds3"
@@ -228,6 +232,7 @@ def test_folds_cross_validate(tmp_path: Path, trial_args: list[str], monkeypatch
 
 @pytest.mark.skipif(not POSTGRES_URL, reason="SWEEP_TEST_POSTGRES_URL is not set (.ci/run starts a PostgreSQL "
                                              "server and sets it)")
+@pytest.mark.slow
 def test_two_workers_on_postgresql(tmp_path: Path, trial_args: list[str], capsys,
                                    monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "space.yaml").write_text("model.optimizer.lr: {type: float, low: 1.0e-5, high: 1.0e-3, log: true}\n"

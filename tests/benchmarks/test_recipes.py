@@ -14,6 +14,7 @@ from benchmarks.recipes import RECIPES, parse_args, summarize
 from tests.cli_helpers import REPO
 
 
+@pytest.mark.slow
 def test_all_four_recipes_run_and_report(tiny_bert: Path, tiny_yelp: Path, tmp_path: Path) -> None:
     work = tmp_path / "work"
     command = [sys.executable, "-m", "benchmarks.recipes", "--dataset", str(tiny_yelp), "--model", str(tiny_bert),

@@ -65,6 +65,7 @@ def test_predict_test_split_writes_rows_in_input_order(checkpoint: Path, tiny_be
     check_rows(read_jsonl(path), texts)
 
 
+@pytest.mark.slow
 def test_predict_file_single_process_and_ddp_agree(
     checkpoint: Path, tiny_bert: Path, tiny_yelp: Path, tmp_path: Path
 ) -> None:
