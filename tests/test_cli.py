@@ -79,17 +79,6 @@ def test_missing_checkpoint_is_a_one_line_error(tmp_path: Path, tiny_bert: Path,
     assert "Traceback" not in result.stderr
 
 
-@pytest.mark.slow
-def test_ddp_two_cpu_processes_fit(tmp_path: Path, tiny_bert: Path, tiny_yelp: Path) -> None:
-    args = tiny_run_args(tiny_bert, tiny_yelp, "--trainer.max_epochs", "1", "--trainer.strategy", "ddp",
-                         "--trainer.devices", "2")
-    result = run_cli(["fit", *args], cwd=tmp_path)
-    run_dir = tmp_path / re.search(r"Run directory: (\S+)", result.stdout).group(1)
-    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    assert ckpt["global_step"] == 5  # 80 rows / (2 ranks x batch 8): each rank trains on its own half
-    assert "val/acc" in scalars(run_dir)
-
-
 def test_debug_preset_runs_one_batch_and_writes_no_run(tmp_path: Path, tiny_bert: Path, tiny_yelp: Path) -> None:
     # --test_after_fit as in the quickstart config: without checkpoints it tests the weights in memory
     result = run_cli(["fit", *tiny_run_args(tiny_bert, tiny_yelp), "--config", str(REPO / "configs/debug.yaml"),

@@ -3,7 +3,8 @@
 - The same config and seed, run twice, logs identical metrics and ends with bit-identical weights.
 - `validate` of one checkpoint reports the same val/acc and val/loss with 1 process and with 2 DDP processes
   (gloo) on a validation set of odd size (41): the uneven shards neither drop nor repeat an example.
-- Under a 2-process DDP fit, one process tokenizes and writes the cache, not every rank.
+- A 2-process DDP fit trains each rank on its half of the data; one process tokenizes and writes the cache,
+  not every rank.
 """
 
 import re
@@ -57,6 +58,14 @@ def ddp_fit(tiny_bert: Path, tiny_yelp: Path, tmp_path_factory: pytest.TempPathF
     workdir = tmp_path_factory.mktemp("ddp")
     result = run_cli(["fit", *tiny_run_args(tiny_bert, tiny_yelp, "--trainer.max_epochs", "1", *DDP)], cwd=workdir)
     return run_dir_in(result.stdout, workdir), result.stderr
+
+
+@pytest.mark.slow
+def test_ddp_fit_trains_each_rank_on_its_half(ddp_fit: tuple[Path, str]) -> None:
+    run_dir, _ = ddp_fit
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == 5  # 80 rows / (2 ranks x batch 8)
+    assert "val/acc" in scalars(run_dir)
 
 
 @pytest.mark.slow
