@@ -198,7 +198,7 @@ class SequenceClassifier(pl.LightningModule):
             raise NonFiniteLossError(
                 f"training loss became {loss.item()} at global step {self.global_step} (batch {batch_idx}): "
                 "the run stopped before applying it; the checkpoints on disk are from before. "
-                "Lower model.lr, add warmup, or use bf16-mixed instead of 16-mixed"
+                "Lower --model.optimizer.lr, add warmup, or use bf16-mixed instead of 16-mixed"
             )
         self.train_metrics.update(logits, batch["labels"])
         batch_size = len(batch["labels"])

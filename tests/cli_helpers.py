@@ -11,17 +11,18 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 REPO = Path(__file__).resolve().parents[1]
 # A CLI process forks from a server that imported src.cli once (~0.1 s) instead of importing torch, Lightning and
-# transformers afresh (~9 s, most of this suite's time). DDP runs start a real interpreter: Lightning relaunches
-# the command line of `python -m src.cli` for rank 1, which a forked child does not have.
+# transformers afresh (~9 s, most of this suite's time). DDP runs start a real interpreter (Lightning relaunches
+# the command line of `python -m src.cli` for rank 1, which a forked child does not have), as do `fresh` ones.
 _FORKS = multiprocessing.get_context("forkserver")
 _FORKS.set_forkserver_preload(["src.cli", "datasets", "torch"])
 
 
-def run_cli(args: list[str], cwd: Path, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
+def run_cli(args: list[str], cwd: Path, check: bool = True, timeout: int = 600,
+            fresh: bool = False) -> subprocess.CompletedProcess:
     """`python -m src.cli ARGS` in `cwd`: its exit status (negative: killed by that signal), stdout and stderr."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
            "HF_DATASETS_CACHE": str(cwd / "hf_datasets_cache"), "PYTHONUNBUFFERED": "1"}
-    if any("ddp" in arg for arg in args):
+    if fresh or any("ddp" in arg for arg in args):
         result = subprocess.run([sys.executable, "-m", "src.cli", *args], cwd=cwd, env=env, capture_output=True,
                                 text=True, timeout=timeout)
     else:

@@ -75,7 +75,7 @@ def fit_on_gpu(workdir: Path, tiny_bert: Path, tiny_yelp: Path, *extra: str, hoo
     recorder = json.dumps({"class_path": "tests.test_gpu.GpuRunRecorder",
                            "init_args": {"out": str(workdir / "record.json"), "hook_head": hook_head}})
     result = run_cli(["fit", *tiny_run_args(tiny_bert, tiny_yelp), *extra, f"--trainer.callbacks+={recorder}"],
-                     cwd=workdir)
+                     cwd=workdir, fresh=True)  # CUDA, compile workers: nothing of the test process in between
     match = re.search(r"Run directory: (\S+)", result.stdout)
     assert match, result.stdout[-2000:]
     return GpuRun(workdir / match.group(1), json.loads((workdir / "record.json").read_text()), result.stdout,
@@ -123,7 +123,7 @@ def test_mfu_is_logged_and_between_0_and_1(bf16_run: GpuRun) -> None:
 
 def test_predict_from_bf16_checkpoint(bf16_run: GpuRun, tiny_bert: Path, tiny_yelp: Path) -> None:
     run_cli(["predict", *tiny_run_args(tiny_bert, tiny_yelp), *BF16, "--ckpt_path", str(best_checkpoint(bf16_run))],
-            cwd=bf16_run.run_dir.parents[2])
+            cwd=bf16_run.run_dir.parents[2], fresh=True)
     (predictions,) = bf16_run.run_dir.rglob("predictions*.jsonl")  # RUN_DIR/eval/predict_<time>/ or RUN_DIR/
     rows = [json.loads(line) for line in predictions.read_text().splitlines()]
     assert sorted(row["idx"] for row in rows) == list(range(TEST_ROWS))
