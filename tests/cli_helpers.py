@@ -61,7 +61,9 @@ def _cli_main(args: list[str], cwd: Path, env: dict[str, str], stdout: Path, std
     if env.get("OMP_NUM_THREADS"):
         torch.set_num_threads(int(env["OMP_NUM_THREADS"]))
     for fd, path in ((1, stdout), (2, stderr)):
-        os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
+        opened = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        os.dup2(opened, fd)
+        os.close(opened)
         getattr(sys, ("stdout", "stderr")[fd - 1]).reconfigure(line_buffering=True)  # a killed run keeps its lines
     sys.argv = [str(REPO / "src/cli.py"), *args]
     main()
