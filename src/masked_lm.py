@@ -16,7 +16,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torchmetrics import SumMetric
 from transformers import AutoModel, AutoModelForMaskedLM, PreTrainedTokenizerBase
 
-from src.model import LABEL_KEYS, NonFiniteLossError, default_optimizer
+from src.model import LABEL_KEYS, NonFiniteLossError, compile_in_place, default_optimizer
 from src.optim import check_schedule, configure_optimization, parameter_groups
 from src.utils.atomic import atomic_write
 from src.utils.checkpoint_io import check_checkpoint_fits
@@ -85,8 +85,8 @@ class MaskedLanguageModel(pl.LightningModule):
         self.check_checkpoint_fits(checkpoint)
 
     def configure_model(self) -> None:
-        if self.hparams.compile and getattr(self.model, "_compiled_call_impl", None) is None:
-            self.model.compile()
+        if self.hparams.compile:
+            compile_in_place(self.model)
 
     def _only_masked_positions(self, decoder: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> Any:
         """Forward pre-hook of the vocabulary projection: keep the hidden states of masked positions only."""

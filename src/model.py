@@ -44,6 +44,13 @@ class NonFiniteLossError(RuntimeError):
     """The training loss became NaN/inf; raised before the bad step is applied, so checkpoints stay good."""
 
 
+def compile_in_place(model: torch.nn.Module) -> None:
+    """`torch.compile` the module in place, so checkpoints keep the plain parameter names; once, however often
+    Lightning calls `configure_model` (fit, then test after fit)."""
+    if getattr(model, "_compiled_call_impl", None) is None:
+        model.compile()
+
+
 class SequenceClassifier(pl.LightningModule):
     """Fine-tunes `AutoModelForSequenceClassification` on `num_labels` classes.
 
@@ -180,8 +187,8 @@ class SequenceClassifier(pl.LightningModule):
         self.check_checkpoint_fits(checkpoint)  # before Lightning's load_state_dict, whose error dumps every shape
 
     def configure_model(self) -> None:
-        if self.hparams.compile and getattr(self.model, "_compiled_call_impl", None) is None:
-            self.model.compile()  # in place, so checkpoints keep the plain parameter names
+        if self.hparams.compile:
+            compile_in_place(self.model)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Class logits for a tokenized batch (extra keys such as labels are ignored)."""

@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 # transformers afresh (~9 s, most of this suite's time). DDP runs start a real interpreter (Lightning relaunches
 # the command line of `python -m src.cli` for rank 1, which a forked child does not have), as do `fresh` ones.
 _FORKS = multiprocessing.get_context("forkserver")
-_FORKS.set_forkserver_preload(["src.cli", "datasets", "torch"])
+_FORKS.set_forkserver_preload(["src.cli"])  # it imports torch, Lightning, transformers, datasets
 
 
 def run_cli(args: list[str], cwd: Path, check: bool = True, timeout: int = 600,

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.optim.lr_scheduler import LRScheduler
 
-from src.model import NonFiniteLossError, SequenceClassifier
+from src.model import NonFiniteLossError, SequenceClassifier, compile_in_place
 from src.utils.errors import UserInputError
 
 
@@ -134,3 +134,12 @@ def test_non_finite_loss_raises_before_the_step(tiny_bert: Path) -> None:
         model.model.classifier.bias.fill_(float("inf"))
     with pytest.raises(NonFiniteLossError, match="training loss became nan at global step 0"):
         model.training_step(batch(), 0)
+
+
+def test_compile_in_place_compiles_once_and_keeps_parameter_names() -> None:
+    layer = torch.nn.Linear(2, 2)
+    compile_in_place(layer)
+    compiled = layer._compiled_call_impl
+    compile_in_place(layer)  # configure_model runs again for test after fit
+    assert compiled is not None and layer._compiled_call_impl is compiled
+    assert list(layer.state_dict()) == ["weight", "bias"]
